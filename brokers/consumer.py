@@ -1,0 +1,390 @@
+"""The consumer side of :class:`brokers.RedisStreamsBroker`: one partition, one message.
+
+Per queue, one :class:`QueueState` (shared by the consumers Dramatiq restarts after a
+connection error, and by the lease coordinator) holds the partitions this process
+leases. A partition hands out its next message (or batch) only after the previous one
+was acked, retried in place or dead-lettered; entries fetched ahead wait in a local
+buffer and stay pending in Redis, so a new owner finds them there, in order.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import redis
+from dramatiq.broker import Consumer, MessageProxy
+from dramatiq.errors import ActorNotFound, ConnectionClosed
+from dramatiq.logging import get_logger
+from dramatiq.message import Message
+
+from brokers import metrics
+from brokers.retries import REASON_DECODE_ERROR, REASON_FAILED, REASON_UNKNOWN_ACTOR
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from brokers.broker import RedisStreamsBroker
+
+#: Longest pause, in milliseconds, between two non-blocking reads of idle partitions
+#: while other messages of the same process are in flight.
+DEFAULT_IDLE_POLL_MAX_MS = 20
+
+#: How often, in milliseconds, an idle partition runs the full fetch step (which also
+#: moves due delayed messages into the stream).
+DEFAULT_DELAY_CHECK_MS = 250
+
+#: Entries fetched ahead per partition (they wait in a local buffer, pending in Redis).
+DEFAULT_FETCH_COUNT = 10
+
+
+@dataclass(slots=True)
+class StreamEntry:
+    """One entry of a partition stream, as fetched."""
+
+    stream_id: str
+    data: bytes
+    seq: int | None
+    attempts: int
+    message: Message[Any] | None = None
+    decode_error: str = ""
+
+
+@dataclass(slots=True)
+class PartitionState:
+    """What this process knows about one partition it leases."""
+
+    partition: int
+    #: Monotonic time until which the lease is certainly still ours.
+    valid_until: float
+    buffer: deque[StreamEntry] = field(default_factory=deque)
+    in_flight: StreamMessageProxy | None = None
+    #: Still leased, but assigned elsewhere: hand out nothing more, release when idle.
+    draining: bool = False
+    #: When to run the full fetch step next (pending entries, retries, delayed entries).
+    next_fetch_at: float = 0.0
+    #: Nothing pending at the last fetch: new entries can be read with XREADGROUP directly.
+    clean: bool = False
+    #: Transient failures in a row (not durable: they use no retry budget).
+    transient_failures: int = 0
+    #: The batch limit fetched with the entries (after a failing batch was split).
+    batch_limit: int = 0
+
+
+class QueueState:
+    """The partitions of one queue leased by this process; guarded by ``lock``."""
+
+    def __init__(self, queue_name: str) -> None:
+        self.queue_name = queue_name
+        self.lock = threading.Lock()
+        self.wakeup = threading.Event()
+        self.partitions: dict[int, PartitionState] = {}
+        self.in_flight = 0
+
+    def is_busy(self, partition: int) -> bool:
+        """Whether a message of ``partition`` is being processed here (call with the lock)."""
+        state = self.partitions.get(partition)
+        return state is not None and state.in_flight is not None
+
+
+class StreamMessageProxy(MessageProxy):
+    """A message (or a batch of consecutive messages) of one partition, in flight."""
+
+    def __init__(self, message: Message[Any], *, partition: int, entries: list[StreamEntry]) -> None:
+        super().__init__(message)
+        self.partition = partition
+        self.entries = entries
+        #: Failures so far of the head entry (durable).
+        self.attempts = entries[0].attempts
+        self.transient_failures = 0
+        self.handed_out_at = time.monotonic()
+        self.error = ""
+        self.traceback = ""
+        self.dead_letter_reason: str | None = None
+        self.retry_delay_ms: int | None = None
+        self.count_attempt = False
+        self.split = False
+        self.finished = False
+
+    def retry_in_place(self, *, delay_ms: int, count_attempt: bool) -> None:
+        """Keep the entry pending at the head of its partition and redeliver it later."""
+        self.retry_delay_ms = delay_ms
+        self.count_attempt = count_attempt
+
+    def split_batch(self) -> None:
+        """Retry this batch's entries at once, in smaller batches."""
+        self.split = True
+
+    def fail_with(self, reason: str) -> None:
+        """Mark the message for the dead-letter stream, with ``reason``."""
+        self.dead_letter_reason = reason
+        self.fail()
+
+
+class StreamConsumer(Consumer):
+    """Hands out the messages of the partitions this process leases for one queue."""
+
+    def __init__(self, broker: RedisStreamsBroker, state: QueueState, prefetch: int, timeout: int) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.broker = broker
+        self.state = state
+        self.queue_name = state.queue_name
+        self.prefetch = max(1, prefetch)
+        self.timeout_s = timeout / 1000
+        self.fetch_count = max(broker.fetch_count, broker.largest_batch_size(state.queue_name))
+        self._read_gap_s = 0.0
+        self._next_read_at = 0.0
+        self._turn = 0
+
+    # -- Dramatiq's Consumer contract -----------------------------------------------------
+
+    def __next__(self) -> MessageProxy | None:
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            while True:
+                proxy = self._hand_out()
+                if proxy is not None:
+                    return proxy
+                now = time.monotonic()
+                if now >= deadline:
+                    return None
+                fetchable = self._fetchable(now)
+                due = [p for p in fetchable if not p.clean or p.next_fetch_at <= now]
+                if due:
+                    self._fetch(due)
+                    continue
+                if fetchable and now >= self._next_read_at:
+                    block_ms = 0
+                    if self.broker.can_block and self.state.in_flight == 0:
+                        until = min([deadline, *(p.next_fetch_at for p in fetchable)])
+                        block_ms = max(1, int((until - now) * 1000))
+                    if self._read_new(fetchable, block_ms):
+                        self._read_gap_s = 0.0
+                    else:
+                        self._read_gap_s = min(
+                            max(self._read_gap_s * 2, 0.001), self.broker.idle_poll_max_ms / 1000
+                        )
+                        self._next_read_at = time.monotonic() + self._read_gap_s
+                    continue
+                wake_at = min(
+                    [deadline, *(p.next_fetch_at for p in fetchable), *([self._next_read_at] if fetchable else [])]
+                )
+                self.state.wakeup.wait(max(0.0005, wake_at - now))
+                self.state.wakeup.clear()
+        except redis.ConnectionError as error:
+            raise ConnectionClosed(error) from None
+
+    def ack(self, message: MessageProxy) -> None:
+        assert isinstance(message, StreamMessageProxy)
+        broker = self.broker
+        partition = message.partition
+        keys = broker.keys(self.queue_name, partition)
+        ids = [entry.stream_id for entry in message.entries]
+        label = str(partition)
+        elapsed_ms = (time.monotonic() - message.handed_out_at) * 1000
+        try:
+            if message.retry_delay_ms is not None or message.split:
+                limit = max(1, len(ids) // 2) if message.split else 0
+                delay = message.retry_delay_ms or 0
+                broker.scripts.retry(
+                    keys=[keys.state], args=[delay, int(message.count_attempt), limit, ids[0]]
+                )
+                self._finish(message, retry_in_s=delay / 1000, transient=not message.count_attempt)
+                metrics.CONSUMER_PROCESSED.labels(label, "retry").inc()
+            else:
+                broker.scripts.ack(
+                    keys=[keys.stream, keys.state], args=[self.queue_name, self.fetch_count, *ids]
+                )
+                self._finish(message)
+                metrics.CONSUMER_PROCESSED.labels(label, "success").inc(len(ids))
+                metrics.STREAM_PROCESSING_DURATION.observe(elapsed_ms)
+            metrics.CONSUMER_PROCESSING_DURATION.labels(label).observe(elapsed_ms)
+        except redis.ConnectionError as error:
+            raise ConnectionClosed(error) from None
+
+    def nack(self, message: MessageProxy) -> None:
+        assert isinstance(message, StreamMessageProxy)
+        reason = message.dead_letter_reason
+        exception = getattr(message, "_exception", None)
+        if reason is None:
+            reason = REASON_UNKNOWN_ACTOR if isinstance(exception, ActorNotFound) else REASON_FAILED
+        error = message.error or (f"{type(exception).__name__}: {exception}" if exception else "")
+        try:
+            for entry in message.entries:
+                self.broker.dead_letter(
+                    self.queue_name,
+                    message.partition,
+                    entry,
+                    reason=reason,
+                    error=error,
+                    traceback=message.traceback,
+                    attempts=entry.attempts + 1,
+                )
+            self._finish(message)
+        except redis.ConnectionError as error_:
+            raise ConnectionClosed(error_) from None
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        # Fetched but never started: the entries are still pending in Redis, where the
+        # partition's next owner (or this process) claims them first, in order.
+        for message in messages:
+            if isinstance(message, StreamMessageProxy):
+                self._finish(message, drop_buffer=True)
+
+    def close(self) -> None:
+        self.broker.coordinator_release_idle(self.queue_name)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _fetchable(self, now: float) -> list[PartitionState]:
+        with self.state.lock:
+            return [
+                p
+                for p in self.state.partitions.values()
+                if p.in_flight is None and not p.buffer and not p.draining and p.valid_until > now
+            ]
+
+    def _fetch(self, partitions: list[PartitionState]) -> None:
+        """Run the full fetch step for ``partitions`` (one round trip where possible)."""
+        results = self.broker.fetch(self.queue_name, [p.partition for p in partitions], self.fetch_count)
+        now = time.monotonic()
+        for p, result in zip(partitions, results, strict=True):
+            kind, wait_ms, next_due_ms, entries = result
+            with self.state.lock:
+                if self.state.partitions.get(p.partition) is not p:
+                    continue
+                check_s = self.broker.delay_check_ms / 1000
+                if next_due_ms >= 0:
+                    check_s = min(check_s, next_due_ms / 1000)
+                if kind == "lost":
+                    p.valid_until = 0.0
+                elif kind == "wait":
+                    p.clean = False
+                    p.next_fetch_at = now + wait_ms / 1000
+                else:
+                    p.clean = kind in ("empty", "new")
+                    p.next_fetch_at = now + check_s if p.clean else now
+                    p.buffer.extend(entries)
+
+    def _read_new(self, partitions: list[PartitionState], block_ms: int) -> bool:
+        """Read never-delivered entries of clean idle partitions; True if any came."""
+        clean = [p for p in partitions if p.clean]
+        if not clean:
+            return False
+        got = self.broker.read_new(
+            self.queue_name, [p.partition for p in clean], self.fetch_count, block_ms
+        )
+        if not got:
+            return False
+        with self.state.lock:
+            for partition, entries in got.items():
+                p = self.state.partitions.get(partition)
+                # Entries of a partition lost meanwhile stay pending for its new owner.
+                if p is not None and p.clean and p.in_flight is None:
+                    p.buffer.extend(entries)
+        return True
+
+    def _hand_out(self) -> StreamMessageProxy | None:
+        now = time.monotonic()
+        dead: list[tuple[int, StreamEntry]] = []
+        try:
+            with self.state.lock:
+                if self.state.in_flight >= self.prefetch:
+                    return None
+                partitions = list(self.state.partitions.values())
+                count = len(partitions)
+                for i in range(count):
+                    p = partitions[(self._turn + i) % count]
+                    if p.in_flight is not None or p.draining or p.valid_until <= now:
+                        continue
+                    while p.buffer and p.buffer[0].message is None:
+                        dead.append((p.partition, p.buffer.popleft()))
+                    if not p.buffer:
+                        continue
+                    self._turn = (self._turn + i + 1) % count
+                    proxy = self._make_proxy(p)
+                    p.in_flight = proxy
+                    self.state.in_flight += 1
+                    metrics.STREAM_DEQUEUE.labels(str(p.partition), self.queue_name).inc(len(proxy.entries))
+                    return proxy
+                return None
+        finally:
+            for partition, entry in dead:
+                self.broker.dead_letter(
+                    self.queue_name,
+                    partition,
+                    entry,
+                    reason=REASON_DECODE_ERROR,
+                    error=entry.decode_error,
+                    traceback="",
+                    attempts=entry.attempts + 1,
+                )
+
+    def _make_proxy(self, p: PartitionState) -> StreamMessageProxy:
+        head = p.buffer.popleft()
+        assert head.message is not None
+        entries = [head]
+        batch_size = self.broker.batch_size_of(head.message.actor_name)
+        if batch_size > 1:
+            if p.batch_limit:
+                batch_size = min(batch_size, p.batch_limit)
+            while (
+                len(entries) < batch_size
+                and p.buffer
+                and p.buffer[0].message is not None
+                and p.buffer[0].message.actor_name == head.message.actor_name
+            ):
+                entries.append(p.buffer.popleft())
+            messages = [self._with_stream_options(e, p.partition) for e in entries]
+            message: Message[Any] = head.message.copy(
+                args=(messages,), kwargs={}, options={"batch": len(entries), "partition": p.partition}
+            )
+        else:
+            message = self._with_stream_options(head, p.partition)
+        proxy = StreamMessageProxy(message, partition=p.partition, entries=entries)
+        proxy.transient_failures = p.transient_failures
+        return proxy
+
+    @staticmethod
+    def _with_stream_options(entry: StreamEntry, partition: int) -> Message[Any]:
+        assert entry.message is not None
+        options: dict[str, Any] = {"stream_id": entry.stream_id, "partition": partition, "retries": entry.attempts}
+        if entry.seq is not None:
+            options["seq"] = entry.seq
+        return entry.message.copy(options=options)
+
+    def _finish(
+        self,
+        message: StreamMessageProxy,
+        *,
+        retry_in_s: float | None = None,
+        transient: bool = False,
+        drop_buffer: bool = False,
+    ) -> None:
+        with self.state.lock:
+            p = self.state.partitions.get(message.partition)
+            if p is not None and p.in_flight is message:
+                p.in_flight = None
+                if retry_in_s is not None:
+                    # The failed entry and the ones fetched after it stay pending; the
+                    # fetch step claims them again, in order, once the backoff is over.
+                    p.buffer.clear()
+                    p.clean = False
+                    p.next_fetch_at = time.monotonic() + retry_in_s
+                    p.transient_failures = p.transient_failures + 1 if transient else 0
+                    if message.split:
+                        p.batch_limit = max(1, len(message.entries) // 2)
+                else:
+                    p.transient_failures = 0
+                    if p.batch_limit:
+                        p.batch_limit = 0 if p.batch_limit * 2 >= self.fetch_count else p.batch_limit * 2
+                if drop_buffer:
+                    p.buffer.clear()
+                    p.clean = False
+            if not message.finished:
+                message.finished = True
+                self.state.in_flight -= 1
+        self.state.wakeup.set()

@@ -1,0 +1,20 @@
+-- Acquire or renew a partition lease ("acquire"), or release it ("release").
+-- KEYS[1] lease; ARGV[1] action, ARGV[2] token, ARGV[3] ttl in ms
+-- Returns 1 when the caller holds (or released) the lease, 0 otherwise.
+local holder = redis.call('GET', KEYS[1])
+if ARGV[1] == 'release' then
+  if holder == ARGV[2] then
+    redis.call('DEL', KEYS[1])
+    return 1
+  end
+  return 0
+end
+if holder == ARGV[2] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0

@@ -1,0 +1,21 @@
+"""Settings for the test suite: the project's settings on real PostgreSQL and Redis.
+
+Uses ``DATABASE_URL`` and ``REDIS_URL`` when set, else the local services at their usual
+ports; where neither answers and Docker runs, starts them with testcontainers; where
+none of that works, stops with a message saying what to start (never a silent skip).
+"""
+
+from __future__ import annotations
+
+import os
+
+from tests.services import resolve_services
+
+os.environ.update(resolve_services())
+os.environ.setdefault("LOG_JSON", "1")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+
+from messaging_project.settings import *  # noqa: E402,F403
+
+# Passwords are hashed on every test user; the fast hasher keeps the suite quick.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
