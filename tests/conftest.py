@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -34,10 +35,22 @@ def wait_for(condition: Callable[[], Any], *, timeout: float = 30.0, interval: f
         time.sleep(interval)
 
 
-def free_port() -> int:
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A free loopback port whose Redis Cluster bus port (+10000) is free too."""
+    for _ in range(1000):
+        port = random.randint(20000, 45000)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise RuntimeError("no free port pair found")
 
 
 @pytest.fixture(scope="session")
@@ -154,9 +167,7 @@ def redis_cluster(redis_server: Callable[..., RedisServer]) -> list[RedisServer]
     )
 
     def ok() -> bool:
-        info = nodes[0].client().execute_command("CLUSTER INFO")
-        text = info.decode() if isinstance(info, bytes) else str(info)
-        return "cluster_state:ok" in text
+        return all(n.client().cluster("INFO").get("cluster_state") == "ok" for n in nodes)
 
     wait_for(ok, timeout=30, what="cluster_state:ok")
     return nodes

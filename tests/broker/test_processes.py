@@ -1,0 +1,227 @@
+"""The broker across worker processes: leases, rebalancing, crash takeover, graceful stop,
+Redis restarts and Redis Cluster."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from dramatiq import Worker
+from redis.cluster import RedisCluster
+
+from brokers import RedisStreamsBroker, partition_for
+from tests.conftest import RedisServer, python_subprocess, wait_for
+
+KEYS = [f"conv-{k}" for k in range(32)]
+
+
+def _declare(broker: RedisStreamsBroker) -> Any:
+    if "record" in broker.actors:
+        return broker.actors["record"]
+
+    @dramatiq.actor(broker=broker, queue_name="ordered", max_retries=100, min_backoff=10, max_backoff=100)
+    def record(key: str, i: int) -> None: ...
+
+    return record
+
+
+def _enqueue(broker: RedisStreamsBroker, per_key: int, start: int = 0) -> None:
+    record = _declare(broker)
+    for i in range(start, start + per_key):
+        for key in KEYS:
+            record.send_with_options(args=(key, i), partition_key=key)
+
+
+def _log(client: redis.Redis) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in client.lrange("log", 0, -1)]
+
+
+def _assert_ordered_and_complete(records: list[dict[str, Any]], per_key: int, partitions: int = 16) -> None:
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for r in sorted(records, key=lambda r: r["start"]):
+        order = by_key[r["key"]]
+        if not order or order[-1] != r["i"]:  # a redelivery after a crash repeats the same message
+            order.append(r["i"])
+    assert {k: v for k, v in by_key.items()} == {key: list(range(per_key)) for key in KEYS}
+    # never two messages of one partition at once, whichever processes ran them
+    by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_partition[partition_for(r["key"], partitions)].append(r)
+    for partition, runs in by_partition.items():
+        runs.sort(key=lambda r: r["start"])
+        for before, after in zip(runs, runs[1:], strict=False):
+            assert after["start"] >= before["end"], f"partition {partition} ran {before} and {after} at once"
+
+
+class Workers:
+    """Worker processes of ``tests.broker.worker_app``."""
+
+    def __init__(self, url: str, namespace: str) -> None:
+        self.url = url
+        self.namespace = namespace
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *, sleep_ms: float = 2, threads: int = 4) -> subprocess.Popen[bytes]:
+        process = python_subprocess(
+            "-m",
+            "tests.broker.worker_app",
+            self.url,
+            self.namespace,
+            "--sleep-ms",
+            str(sleep_ms),
+            "--threads",
+            str(threads),
+            stdout=subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == b"ready"
+        self.processes.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=30)
+
+
+@pytest.fixture
+def workers(redis_url: str, redis_client: redis.Redis) -> Iterator[Callable[..., Workers]]:
+    made: list[Workers] = []
+
+    def make(url: str = redis_url, namespace: str = "t") -> Workers:
+        w = Workers(url, namespace)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.stop_all()
+
+
+def test_two_then_three_worker_processes_never_run_one_partition_at_once(make_broker, workers, redis_client):
+    per_key = 80
+    _enqueue(make_broker(), per_key)
+    pool = workers()
+    pool.start(sleep_ms=10)
+    pool.start(sleep_ms=10)
+    wait_for(lambda: redis_client.llen("log") > 300, timeout=60, what="progress")
+    third = pool.start(sleep_ms=10)  # a process joining causes a rebalance mid-stream
+    wait_for(lambda: any(r["pid"] == third.pid for r in _log(redis_client)), timeout=30, what="rebalance")
+    wait_for(lambda: len({(r["key"], r["i"]) for r in _log(redis_client)}) == per_key * len(KEYS), timeout=120)
+
+    records = _log(redis_client)
+    _assert_ordered_and_complete(records, per_key)
+    assert len({r["pid"] for r in records}) == 3, "the partitions were not spread over the processes"
+
+
+def test_sigkilled_worker_process_loses_nothing_and_its_partitions_move_within_5s(make_broker, workers, redis_client):
+    per_key = 60
+    _enqueue(make_broker(), per_key)
+    pool = workers()
+    victim = pool.start(sleep_ms=5)
+    pool.start(sleep_ms=5)
+    wait_for(lambda: sum(1 for r in _log(redis_client) if r["pid"] == victim.pid) > 100, timeout=60)
+
+    killed_at = time.time()
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    recent = {r["key"] for r in _log(redis_client) if r["pid"] == victim.pid and r["end"] > killed_at - 0.5}
+    victim_partitions = {partition_for(k, 16) for k in recent}
+    assert victim_partitions
+
+    wait_for(lambda: len({(r["key"], r["i"]) for r in _log(redis_client)}) == per_key * len(KEYS), timeout=120)
+    records = _log(redis_client)
+    _assert_ordered_and_complete(records, per_key)
+    resumed = min(
+        r["start"]
+        for r in records
+        if r["pid"] != victim.pid and r["start"] > killed_at and partition_for(r["key"], 16) in victim_partitions
+    )
+    takeover_s = resumed - killed_at
+    print(f"takeover after SIGKILL: {takeover_s:.2f}s")
+    assert takeover_s <= 5.0
+
+
+def test_sigterm_finishes_the_message_in_hand_and_hands_partitions_over_at_once(make_broker, workers, redis_client):
+    per_key = 30
+    _enqueue(make_broker(), per_key)
+    pool = workers()
+    first = pool.start(sleep_ms=20)
+    wait_for(lambda: redis_client.llen("log") > 50, timeout=60)
+    second = pool.start(sleep_ms=20)
+    wait_for(lambda: any(r["pid"] == second.pid for r in _log(redis_client)), timeout=30)
+
+    stopped_at = time.time()
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 0
+    wait_for(lambda: len({(r["key"], r["i"]) for r in _log(redis_client)}) == per_key * len(KEYS), timeout=120)
+
+    records = _log(redis_client)
+    _assert_ordered_and_complete(records, per_key)
+    # nothing ran twice: a graceful stop acks what it finished and leaves the rest pending
+    assert len(records) == per_key * len(KEYS)
+    assert all(r["pid"] == second.pid for r in records if r["start"] > stopped_at + 3)
+    # the survivor owns all 16 leases (released at once, not after their TTL)
+    wait_for(
+        lambda: all(redis_client.get(f"{{t:{p}}}:q:ordered:lease") is not None for p in range(16)),
+        timeout=5,
+    )
+
+
+def test_consumer_survives_a_redis_restart_with_aof_and_loses_no_acknowledged_message(
+    redis_server: Callable[..., RedisServer], workers
+):
+    server = redis_server("--appendonly", "yes", "--appendfsync", "always")
+    client = server.client()
+    producer = RedisStreamsBroker(server.url, namespace="t")
+    per_key = 30
+    _enqueue(producer, per_key // 2)
+    pool = workers(url=server.url)
+    pool.start(sleep_ms=3)
+    wait_for(lambda: client.llen("log") > 100, timeout=60)
+
+    server.stop()  # SIGTERM: Redis flushes its AOF and exits
+    server.start()
+    _enqueue(producer, per_key - per_key // 2, start=per_key // 2)
+    wait_for(lambda: len({(r["key"], r["i"]) for r in _log(client)}) == per_key * len(KEYS), timeout=120)
+    _assert_ordered_and_complete(_log(client), per_key)
+
+
+def test_order_holds_on_a_three_master_redis_cluster(redis_cluster: list[RedisServer]):
+    client = RedisCluster(host="127.0.0.1", port=redis_cluster[0].port)
+    broker = RedisStreamsBroker(client=client, namespace="c")
+    seen: dict[str, list[int]] = defaultdict(list)
+    failed: set[tuple[str, int]] = set()
+
+    @dramatiq.actor(broker=broker, queue_name="ordered", max_retries=5, min_backoff=10, max_backoff=20)
+    def record(key: str, i: int) -> None:
+        if i == 3 and (key, i) not in failed:
+            failed.add((key, i))
+            raise RuntimeError("retry me in place")
+        seen[key].append(i)
+
+    for i in range(20):
+        for key in KEYS[:8]:
+            record.send_with_options(args=(key, i), partition_key=key, sequence_key=key, idempotency_key=f"{key}/{i}")
+    # the partitions really are spread over the shards
+    slots = {client.keyslot(broker.keys("ordered", p).stream) for p in range(16)}
+    nodes = {client.get_node_from_key(broker.keys("ordered", p).stream).name for p in range(16)}
+    assert len(slots) == 16 and len(nodes) == 3
+
+    worker = Worker(broker, worker_threads=4, worker_timeout=100)
+    worker.start()
+    try:
+        broker.join("ordered", timeout=60_000)
+    finally:
+        worker.stop()
+        broker.close()
+    assert dict(seen) == {key: list(range(20)) for key in KEYS[:8]}
