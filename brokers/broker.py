@@ -276,6 +276,9 @@ class RedisStreamsBroker(Broker):
         sequence_key = options.get("sequence_key")
         self.emit_before("enqueue", message, delay)
         encoded = message.encode()
+        # The idempotency record keeps the message without its arguments: a repeat gets the
+        # original id, options and seq, and Redis does not hold every payload for a day.
+        record = message.copy(args=(), kwargs={}).encode() if idempotency_key else b""
         script_keys = [
             keys.stream,
             keys.delayed,
@@ -289,6 +292,7 @@ class RedisStreamsBroker(Broker):
                     keys=script_keys,
                     args=[
                         encoded,
+                        record,
                         ttl,
                         "1" if sequence_key else "0",
                         floor,

@@ -3,14 +3,15 @@
 --
 -- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] idempotency hash, KEYS[4] sequence counter
 -- ARGV[1] encoded message
--- ARGV[2] idempotency ttl in ms (0: no deduplication)
--- ARGV[3] "1" to assign a sequence number
--- ARGV[4] sequence floor used when the counter does not exist ("" : none given)
--- ARGV[5] "1" when a missing counter must be seeded by the caller (returns {2})
--- ARGV[6] delay in ms (0: enqueue now)
+-- ARGV[2] the idempotency record (the message without its arguments)
+-- ARGV[3] idempotency ttl in ms (0: no deduplication)
+-- ARGV[4] "1" to assign a sequence number
+-- ARGV[5] sequence floor used when the counter does not exist ("" : none given)
+-- ARGV[6] "1" when a missing counter must be seeded by the caller (returns {2})
+-- ARGV[7] delay in ms (0: enqueue now)
 -- Returns {0, stream id, seq} for a new message, {1, original message, seq, stream id}
 -- for a duplicate, {2} when the caller must supply a sequence floor.
-local ttl = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
 if ttl > 0 then
   local existing = redis.call('HMGET', KEYS[3], 'm', 'seq', 'id')
   if existing[1] then
@@ -19,11 +20,11 @@ if ttl > 0 then
 end
 
 local seq = ''
-if ARGV[3] == '1' then
+if ARGV[4] == '1' then
   if redis.call('EXISTS', KEYS[4]) == 0 then
-    if ARGV[4] ~= '' then
-      redis.call('SET', KEYS[4], ARGV[4])
-    elseif ARGV[5] == '1' then
+    if ARGV[5] ~= '' then
+      redis.call('SET', KEYS[4], ARGV[5])
+    elseif ARGV[6] == '1' then
       return {2}
     end
   end
@@ -31,7 +32,7 @@ if ARGV[3] == '1' then
 end
 
 local id = ''
-local delay = tonumber(ARGV[6])
+local delay = tonumber(ARGV[7])
 if delay > 0 then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -41,7 +42,7 @@ else
 end
 
 if ttl > 0 then
-  redis.call('HSET', KEYS[3], 'm', ARGV[1], 'seq', seq, 'id', id)
+  redis.call('HSET', KEYS[3], 'm', ARGV[2], 'seq', seq, 'id', id)
   redis.call('PEXPIRE', KEYS[3], ttl)
 end
 return {0, id, seq}

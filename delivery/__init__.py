@@ -1,0 +1,1 @@
+"""The delivery domain: models, services, selectors, actors, API, admin and commands."""

@@ -1,0 +1,39 @@
+"""One exception handler: every error becomes JSON ``{"detail", "code"[, "errors"]}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from delivery.errors import ApplicationError, ServiceUnavailable
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """Map domain and DRF errors to a status and a JSON body (never a 500 for bad input)."""
+    if isinstance(exc, ApplicationError):
+        body: dict[str, Any] = {"detail": exc.message, "code": exc.code, **exc.extra}
+        response = Response(body, status=exc.status_code)
+        if isinstance(exc, ServiceUnavailable):
+            response["Retry-After"] = str(exc.retry_after_s)
+        return response
+    if isinstance(exc, Http404):
+        return Response({"detail": "not found", "code": "not_found"}, status=status.HTTP_404_NOT_FOUND)
+    if isinstance(exc, PermissionDenied):
+        return Response({"detail": "forbidden", "code": "forbidden"}, status=status.HTTP_403_FORBIDDEN)
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        response.data = {"detail": "invalid request", "code": "invalid", "errors": response.data}
+    elif isinstance(exc, exceptions.APIException):
+        codes = exc.get_codes()
+        response.data = {
+            "detail": str(exc.detail) if not isinstance(exc.detail, (dict, list)) else exc.detail,
+            "code": codes if isinstance(codes, str) else "error",
+        }
+    return response

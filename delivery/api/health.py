@@ -1,0 +1,32 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+
+from delivery.selectors import redis_client
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """The process is up."""
+    return JsonResponse({"status": "ok"})
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Redis and the database answer; 503 with the reason when one does not."""
+    checks: dict[str, str] = {}
+    try:
+        redis_client().ping()
+        checks["redis"] = "ok"
+    except Exception as error:
+        checks["redis"] = f"unreachable: {type(error).__name__}: {error}"
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as error:
+        checks["database"] = f"unreachable: {type(error).__name__}: {error}"
+        connection.close()
+    ready = all(v == "ok" for v in checks.values())
+    return JsonResponse({"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)

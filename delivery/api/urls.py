@@ -1,0 +1,17 @@
+"""The v1 API's routes (no trailing slashes, as the contract writes them)."""
+
+from django.urls import path
+
+from delivery.api import views
+
+urlpatterns = [
+    path("conversations", views.ConversationListCreateApi.as_view(), name="conversations"),
+    path(
+        "conversations/<uuid:conversation_id>/messages",
+        views.ConversationMessagesApi.as_view(),
+        name="conversation-messages",
+    ),
+    path("messages", views.MessageCreateApi.as_view(), name="messages"),
+    path("messages/<uuid:message_id>", views.MessageDetailApi.as_view(), name="message-detail"),
+    path("messages/<uuid:message_id>/receipts", views.ReceiptCreateApi.as_view(), name="message-receipts"),
+]

@@ -1,0 +1,237 @@
+"""The HTTP API (SPEC §3): one class per operation, business rules in services/selectors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from delivery import selectors, services
+from delivery.models import Priority, ReceiptState
+from delivery.selectors import MessageView
+
+#: Longest idempotency key a client may send.
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+
+#: Largest page of ``GET /conversations/{id}/messages``.
+MAX_PAGE_SIZE = 500
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that refuses numbers, booleans and the like instead of converting them."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data))
+
+
+def _correlation_id(request: Request) -> str:
+    return str(getattr(request._request, "correlation_id", ""))
+
+
+class ConversationListCreateApi(APIView):
+    """List the caller's conversations, or start one (the caller takes part)."""
+
+    class InputSerializer(serializers.Serializer):
+        participants = serializers.ListField(child=StrictCharField(max_length=150), max_length=1000)
+        title = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
+
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.UUIDField()
+        participants = serializers.SerializerMethodField()
+        title = serializers.CharField()
+        created_at = serializers.DateTimeField()
+
+        def get_participants(self, conversation: Any) -> list[str]:
+            return sorted(u.get_username() for u in conversation.participants.all())
+
+    @extend_schema(responses=OutputSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        conversations = selectors.conversation_list(user=request.user)
+        return Response(self.OutputSerializer(conversations, many=True).data)
+
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer})
+    def post(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        conversation = services.conversation_create(
+            creator=request.user,
+            participant_usernames=serializer.validated_data["participants"],
+            title=serializer.validated_data["title"],
+        )
+        conversation = selectors.conversation_for(user=request.user, conversation_id=conversation.pk)
+        return Response(self.OutputSerializer(conversation).data, status=status.HTTP_201_CREATED)
+
+
+class MessageCreateApi(APIView):
+    """Accept a message: 202 after a durable, idempotent enqueue; 200 for a repeat."""
+
+    class InputSerializer(serializers.Serializer):
+        conversation_id = serializers.UUIDField()
+        content = StrictCharField(trim_whitespace=False)
+        client_message_id = StrictCharField(required=False, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
+        priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.NORMAL)
+
+        def validate_content(self, value: str) -> str:
+            if not value.strip():
+                raise serializers.ValidationError("content must not be empty")
+            return value
+
+    class OutputSerializer(serializers.Serializer):
+        message_id = serializers.UUIDField()
+        conversation_id = serializers.UUIDField()
+        seq = serializers.IntegerField()
+        state = serializers.CharField()
+        idempotent_hit = serializers.BooleanField()
+        correlation_id = serializers.CharField()
+        created_at = serializers.DateTimeField()
+
+    @extend_schema(
+        request=InputSerializer,
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+        responses={202: OutputSerializer, 200: OutputSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        header = request.headers.get("Idempotency-Key")
+        body_key = data.get("client_message_id")
+        if header is not None and not 0 < len(header) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise serializers.ValidationError(
+                {"Idempotency-Key": [f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"]}
+            )
+        if header is not None and body_key is not None and header != body_key:
+            raise serializers.ValidationError(
+                {"client_message_id": ["differs from the Idempotency-Key header; send one key"]}
+            )
+        result = services.message_ingest(
+            sender=request.user,
+            conversation_id=data["conversation_id"],
+            content=data["content"],
+            client_key=header if header is not None else body_key,
+            priority=data["priority"],
+            correlation_id=_correlation_id(request),
+        )
+        answer = status.HTTP_200_OK if result.idempotent_hit else status.HTTP_202_ACCEPTED
+        return Response(self.OutputSerializer(result).data, status=answer)
+
+
+class MessageDetailApi(APIView):
+    """One message in whatever state it is: pending, persisted or dead-lettered."""
+
+    class OutputSerializer(serializers.Serializer):
+        message_id = serializers.UUIDField()
+        conversation_id = serializers.UUIDField()
+        seq = serializers.IntegerField()
+        sender = serializers.CharField()
+        content = serializers.CharField()
+        state = serializers.CharField()
+        created_at = serializers.DateTimeField()
+        persisted_at = serializers.DateTimeField(allow_null=True)
+        receipts = serializers.ListField(
+            child=inline_serializer(
+                "Receipt",
+                {
+                    "user": serializers.CharField(),
+                    "state": serializers.CharField(),
+                    "timestamp": serializers.DateTimeField(),
+                },
+            )
+        )
+
+    @extend_schema(responses=OutputSerializer)
+    def get(self, request: Request, message_id: Any) -> Response:
+        view: MessageView = selectors.message_view(user=request.user, message_id=message_id)
+        return Response(self.OutputSerializer(view).data)
+
+
+class ConversationMessagesApi(APIView):
+    """Persisted messages of a conversation in ``seq`` order, paged by a ``seq`` cursor."""
+
+    class FilterSerializer(serializers.Serializer):
+        after_seq = serializers.IntegerField(required=False, default=0, min_value=0)
+        limit = serializers.IntegerField(required=False, default=100, min_value=1, max_value=MAX_PAGE_SIZE)
+
+    class MessageSerializer(serializers.Serializer):
+        message_id = serializers.UUIDField(source="pk")
+        conversation_id = serializers.UUIDField()
+        seq = serializers.IntegerField()
+        sender = serializers.SerializerMethodField()
+        content = serializers.SerializerMethodField()
+        state = serializers.SerializerMethodField()
+        created_at = serializers.DateTimeField()
+        persisted_at = serializers.DateTimeField()
+
+        def get_sender(self, message: Any) -> str:
+            return str(message.sender.get_username())
+
+        def get_content(self, message: Any) -> str:
+            return selectors.message_content(message)
+
+        def get_state(self, message: Any) -> str:
+            return "persisted"
+
+    @extend_schema(
+        parameters=[FilterSerializer],
+        responses=inline_serializer(
+            "MessagePage",
+            {
+                "results": MessageSerializer(many=True),
+                "next_after_seq": serializers.IntegerField(allow_null=True),
+                "next": serializers.CharField(allow_null=True),
+            },
+        ),
+    )
+    def get(self, request: Request, conversation_id: Any) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        limit = filters.validated_data["limit"]
+        messages = selectors.conversation_messages(
+            user=request.user,
+            conversation_id=conversation_id,
+            after_seq=filters.validated_data["after_seq"],
+            limit=limit,
+        )
+        next_after = messages[-1].seq if len(messages) == limit else None
+        next_url = None
+        if next_after is not None:
+            next_url = request.build_absolute_uri(
+                f"{request.path}?after_seq={next_after}&limit={limit}"
+            )
+        return Response(
+            {
+                "results": self.MessageSerializer(messages, many=True).data,
+                "next_after_seq": next_after,
+                "next": next_url,
+            }
+        )
+
+
+class ReceiptCreateApi(APIView):
+    """A recipient records ``delivered`` or ``read``: 201 when new, 200 when a no-op."""
+
+    class InputSerializer(serializers.Serializer):
+        state = serializers.ChoiceField(choices=[ReceiptState.DELIVERED, ReceiptState.READ])
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            201: inline_serializer("ReceiptResult", {"message_id": serializers.UUIDField(), "state": serializers.CharField(), "created": serializers.BooleanField()}),
+            200: inline_serializer("ReceiptNoop", {"message_id": serializers.UUIDField(), "state": serializers.CharField(), "created": serializers.BooleanField()}),
+        },
+    )
+    def post(self, request: Request, message_id: Any) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        state = serializer.validated_data["state"]
+        created = services.receipt_record(message_id=message_id, user=request.user, state=state)
+        return Response(
+            {"message_id": str(message_id), "state": state, "created": created},
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )

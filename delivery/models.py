@@ -1,0 +1,134 @@
+"""The delivery domain's tables (SPEC §4)."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models.functions import Now
+
+
+class Conversation(models.Model):
+    """A chat between participants; the unit of ordering (one partition key)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    title = models.CharField(max_length=200, blank=True, default="")
+    participants = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="conversations")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.title or str(self.id)
+
+
+class Priority(models.TextChoices):
+    """How urgent a message is; carried in the envelope and the enqueue metric."""
+
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
+class Message(models.Model):
+    """A persisted chat message. Rows are written only by the persist actor."""
+
+    #: UUIDv7 assigned at ingress, so ids sort by ingress time.
+    id = models.UUIDField(primary_key=True, editable=False)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    sender = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    #: Inline content; empty when the content was offloaded to storage (see ``payload_key``).
+    content = models.TextField(blank=True, default="")
+    payload_key = models.CharField(max_length=255, blank=True, default="")
+    #: Per-conversation sequence number, strictly increasing in ingress acknowledgement order.
+    seq = models.BigIntegerField()
+    idempotency_key = models.CharField(max_length=300, unique=True)
+    correlation_id = models.CharField(max_length=100, blank=True, default="", db_index=True)
+    priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.NORMAL)
+    #: When ingress acknowledged the message.
+    created_at = models.DateTimeField()
+    #: When the database stored the row (set by the database, not by the worker's clock).
+    persisted_at = models.DateTimeField(db_default=Now(), editable=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["conversation", "seq"], name="message_unique_conversation_seq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.conversation_id}#{self.seq}"
+
+
+class ReceiptState(models.TextChoices):
+    """Receipt states; they only move forward: sent → delivered → read."""
+
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+
+
+class MessageReceipt(models.Model):
+    """One state a recipient reached for a message (one row per state reached)."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="receipts")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    state = models.CharField(max_length=10, choices=ReceiptState.choices)
+    timestamp = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["message", "user", "state"], name="receipt_unique_message_user_state"),
+        ]
+        indexes = [models.Index(fields=["user", "state"])]
+
+    def __str__(self) -> str:
+        return f"{self.message_id} {self.user_id} {self.state}"
+
+
+class DeadLetterStatus(models.TextChoices):
+    """Where a dead letter stands."""
+
+    DEAD = "dead"
+    REQUEUED = "requeued"
+    DISCARDED = "discarded"
+
+
+class DeadLetter(models.Model):
+    """The admin's view of one entry of the broker's dead-letter streams."""
+
+    queue = models.CharField(max_length=100)
+    partition = models.PositiveIntegerField()
+    #: Id of the entry in the partition's dead-letter stream; unique per queue and partition.
+    dead_letter_id = models.CharField(max_length=40)
+    #: Id of the original entry in the partition's stream.
+    stream_id = models.CharField(max_length=40, blank=True, default="")
+    message_id = models.CharField(max_length=64, db_index=True)
+    actor_name = models.CharField(max_length=200, blank=True, default="")
+    conversation_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    correlation_id = models.CharField(max_length=100, blank=True, default="")
+    seq = models.BigIntegerField(null=True, blank=True)
+    envelope = models.JSONField(default=dict)
+    reason = models.CharField(max_length=50)
+    error = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    dead_lettered_at = models.DateTimeField()
+    status = models.CharField(max_length=10, choices=DeadLetterStatus.choices, default=DeadLetterStatus.DEAD)
+    status_changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-dead_lettered_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["queue", "partition", "dead_letter_id"], name="deadletter_unique_stream_entry"
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "reason"])]
+
+    def __str__(self) -> str:
+        return f"{self.queue}/{self.partition}/{self.dead_letter_id}"

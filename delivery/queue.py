@@ -1,0 +1,43 @@
+"""The project's broker: one :class:`brokers.RedisStreamsBroker` built from settings."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import dramatiq
+from django.conf import settings
+from django.db.models import Max
+
+from brokers import RedisStreamsBroker
+
+#: The queue the persist actor consumes.
+MESSAGES_QUEUE = "messages"
+
+
+def sequence_floor(conversation_id: str) -> int:
+    """The last ``seq`` used in a conversation, for a counter Redis no longer has.
+
+    Redis loses counters with its data (a restart without persistence): numbering then
+    resumes after the highest ``seq`` the database knows, persisted or dead-lettered.
+    """
+    from delivery.models import DeadLetter, Message
+
+    persisted = Message.objects.filter(conversation_id=conversation_id).aggregate(m=Max("seq"))["m"]
+    dead = DeadLetter.objects.filter(conversation_id=conversation_id).aggregate(m=Max("seq"))["m"]
+    return max(persisted or 0, dead or 0)
+
+
+@cache
+def get_broker() -> RedisStreamsBroker:
+    """The process's broker (also installed as Dramatiq's global broker)."""
+    broker = RedisStreamsBroker(
+        settings.REDIS_URL,
+        partitions=settings.STREAM_PARTITIONS,
+        namespace=settings.STREAM_NAMESPACE,
+        poll_interval_ms=settings.STREAM_POLL_INTERVAL_MS,
+        fetch_count=max(10, settings.STREAM_BATCH_SIZE),
+        idempotency_ttl_ms=settings.IDEMPOTENCY_TTL_MS,
+        sequence_floor=sequence_floor,
+    )
+    dramatiq.set_broker(broker)
+    return broker

@@ -1,0 +1,517 @@
+"""Writes of the delivery domain: ingest, persist, receipts, conversations, dead letters.
+
+Views, actors, the admin and commands call these; none of them holds business rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import dramatiq
+import redis
+from django.conf import settings
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.auth.models import AbstractBaseUser, User
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+from django.db import connection, transaction
+from django.utils import timezone
+from dramatiq.errors import BrokerConnectionError
+from uuid_utils.compat import uuid7
+
+from brokers import DeadLetterNotFound
+from delivery import metrics
+from delivery.errors import (
+    Conflict,
+    Forbidden,
+    IdempotencyKeyReused,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+)
+from delivery.models import (
+    Conversation,
+    DeadLetter,
+    DeadLetterStatus,
+    Message,
+    MessageReceipt,
+    Priority,
+    ReceiptState,
+)
+from delivery.queue import MESSAGES_QUEUE, get_broker
+from delivery.selectors import message_state, pending_key, pending_record, redis_client
+
+logger = logging.getLogger(__name__)
+
+#: The persist actor's name (see ``delivery.actors``).
+PERSIST_ACTOR = "persist_messages"
+
+#: How long the pending view of an acknowledged message is kept (it is deleted on persist).
+PENDING_RECORD_TTL_S = 86_400
+
+
+class IdempotencyKeyConflict(Exception):
+    """Two different messages carry the same idempotency key (a client reused its key
+    for another conversation while the first message was still in flight)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What ingress answers for one POST."""
+
+    message_id: str
+    conversation_id: str
+    seq: int
+    state: str
+    idempotent_hit: bool
+    correlation_id: str
+    created_at: datetime
+
+
+def _from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def conversation_create(*, creator: AbstractBaseUser, participant_usernames: list[str], title: str = "") -> Conversation:
+    """Create a conversation between ``creator`` and the named users."""
+    names = set(participant_usernames)
+    users = list(User.objects.filter(username__in=names))
+    missing = names - {u.username for u in users}
+    if missing:
+        raise NotFound(f"unknown users: {', '.join(sorted(missing))}", extra={"unknown_users": sorted(missing)})
+    with transaction.atomic():
+        conversation = Conversation.objects.create(title=title)
+        conversation.participants.add(creator, *users)
+    return conversation
+
+
+def _fingerprint(conversation_id: str, priority: str, content: bytes) -> str:
+    return hashlib.sha256(f"{conversation_id}\n{priority}\n".encode() + content).hexdigest()[:32]
+
+
+def message_ingest(
+    *,
+    sender: AbstractBaseUser,
+    conversation_id: UUID,
+    content: str,
+    client_key: str | None,
+    priority: str = Priority.NORMAL,
+    correlation_id: str,
+) -> IngestResult:
+    """Acknowledge a message after one atomic, idempotent enqueue (dedup, seq, XADD).
+
+    Raises:
+      NotFound: no such conversation, or ``sender`` is not a participant.
+      PayloadTooLarge: content over ``MAX_CONTENT_BYTES``.
+      IdempotencyKeyReused: the client key was used before for a different message.
+      ServiceUnavailable: Redis is unreachable; nothing was enqueued.
+    """
+    started = time.perf_counter()
+    status = "error"
+    try:
+        result = _ingest(sender, str(conversation_id), content, client_key, priority, correlation_id)
+        status = "duplicate" if result.idempotent_hit else "accepted"
+        return result
+    except (NotFound, PayloadTooLarge, IdempotencyKeyReused, ServiceUnavailable) as error:
+        status = error.code
+        raise
+    finally:
+        metrics.INGRESS_DURATION.labels(status).observe((time.perf_counter() - started) * 1000)
+
+
+def _ingest(
+    sender: AbstractBaseUser,
+    conversation_id: str,
+    content: str,
+    client_key: str | None,
+    priority: str,
+    correlation_id: str,
+) -> IngestResult:
+    data = content.encode()
+    if len(data) > settings.MAX_CONTENT_BYTES:
+        raise PayloadTooLarge(f"content is {len(data)} bytes; the limit is {settings.MAX_CONTENT_BYTES}")
+    if not Conversation.objects.filter(pk=conversation_id, participants=sender).exists():
+        raise NotFound("conversation not found")
+    fingerprint = _fingerprint(conversation_id, priority, data)
+    message_id = str(uuid7())
+    if client_key:
+        key = f"c:{sender.pk}:{client_key}"
+        ttl_ms = settings.IDEMPOTENCY_TTL_MS
+        db_key = key
+        # Slow path: a key older than the Redis record is found in the database.
+        existing = Message.objects.filter(idempotency_key=key).first()
+        if existing is not None:
+            return _replay_persisted(existing, fingerprint)
+    else:
+        digest = hashlib.sha256(f"{conversation_id}\n{sender.pk}\n".encode() + data).hexdigest()[:40]
+        key = f"d:{sender.pk}:{digest}"
+        # The window is measured from the first send: the record expires that long after it.
+        ttl_ms = settings.IDEMPOTENCY_WINDOW_MS
+        db_key = f"{key}:{message_id}"
+
+    created_ms = int(time.time() * 1000)
+    envelope: dict[str, Any] = {
+        "message_id": message_id,
+        "conversation_id": conversation_id,
+        "sender_id": sender.pk,
+        "created_at": created_ms,
+        "idempotency_key": db_key,
+        "correlation_id": correlation_id,
+        "priority": priority,
+    }
+    if len(data) > settings.INLINE_PAYLOAD_MAX_BYTES:
+        envelope["payload_key"] = storages["payloads"].save(f"{conversation_id}/{message_id}", ContentFile(data))
+    else:
+        envelope["content"] = content
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name=MESSAGES_QUEUE,
+        actor_name=PERSIST_ACTOR,
+        args=(envelope,),
+        kwargs={},
+        options={
+            "partition_key": conversation_id,
+            "sequence_key": conversation_id,
+            "idempotency_key": key,
+            "idempotency_ttl_ms": ttl_ms,
+            "priority": priority,
+            "fingerprint": fingerprint if client_key else "",
+            "created_at": created_ms,
+            "correlation_id": correlation_id,
+        },
+        message_id=message_id,
+    )
+    try:
+        sent = get_broker().enqueue(message)
+    except BrokerConnectionError as error:
+        logger.error("Enqueue failed: Redis unreachable (%s)", error)
+        raise ServiceUnavailable("the message queue is unreachable; nothing was accepted, retry later") from None
+
+    options = sent.options
+    if options.get("idempotent_hit"):
+        if client_key and options.get("fingerprint") != fingerprint:
+            raise IdempotencyKeyReused("this idempotency key was used for a different message")
+        metrics.IDEMPOTENCY_HIT.labels("ingress", "cache").inc()
+        return IngestResult(
+            message_id=sent.message_id,
+            conversation_id=conversation_id,
+            seq=int(options["seq"]),
+            state=message_state(sent.message_id),
+            idempotent_hit=True,
+            correlation_id=str(options.get("correlation_id") or correlation_id),
+            created_at=_from_ms(int(options.get("created_at") or sent.message_timestamp)),
+        )
+    seq = int(options["seq"])
+    try:
+        redis_client().set(
+            pending_key(message_id), json.dumps({**envelope, "seq": seq}), ex=PENDING_RECORD_TTL_S
+        )
+    except redis.RedisError as error:  # the message is enqueued; only its pending view is missing
+        logger.warning("Could not store the pending view of %s: %s", message_id, error)
+    return IngestResult(
+        message_id=message_id,
+        conversation_id=conversation_id,
+        seq=seq,
+        state="pending",
+        idempotent_hit=False,
+        correlation_id=correlation_id,
+        created_at=_from_ms(created_ms),
+    )
+
+
+def _replay_persisted(existing: Message, fingerprint: str) -> IngestResult:
+    from delivery.selectors import message_content
+
+    stored = _fingerprint(str(existing.conversation_id), existing.priority, message_content(existing).encode())
+    if stored != fingerprint:
+        raise IdempotencyKeyReused("this idempotency key was used for a different message")
+    metrics.IDEMPOTENCY_HIT.labels("ingress", "db").inc()
+    return IngestResult(
+        message_id=str(existing.pk),
+        conversation_id=str(existing.conversation_id),
+        seq=existing.seq,
+        state="persisted",
+        idempotent_hit=True,
+        correlation_id=existing.correlation_id,
+        created_at=existing.created_at,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PersistOutcome:
+    """What one persisted batch did."""
+
+    inserted: int
+    duplicates: int
+
+
+def messages_persist(*, envelopes: list[dict[str, Any]]) -> PersistOutcome:
+    """Insert a batch of messages (each with its ``seq``) in one transaction.
+
+    One multi-row ``INSERT … ON CONFLICT (idempotency_key) DO NOTHING RETURNING``;
+    rows already there are idempotent hits, not errors. SENT receipts for the
+    recipients are written in the same transaction.
+
+    Raises:
+      IdempotencyKeyConflict: a *different* message already holds an envelope's key.
+    """
+    started = time.perf_counter()
+    status = "error"
+    try:
+        outcome = _persist(envelopes)
+        status = "success" if outcome.duplicates == 0 else "duplicate"
+        return outcome
+    finally:
+        metrics.PERSISTENCE_DURATION.labels(status).observe((time.perf_counter() - started) * 1000)
+
+
+def _prep(model: type[Any], field: str, value: Any) -> Any:
+    return model._meta.get_field(field).get_db_prep_save(value, connection)
+
+
+def _persist(envelopes: list[dict[str, Any]]) -> PersistOutcome:
+    if not envelopes:
+        return PersistOutcome(0, 0)
+    table = Message._meta.db_table
+    columns = [
+        "id",
+        "conversation_id",
+        "sender_id",
+        "content",
+        "payload_key",
+        "seq",
+        "idempotency_key",
+        "correlation_id",
+        "priority",
+        "created_at",
+    ]
+    rows: list[Any] = []
+    for e in envelopes:
+        rows.extend(
+            [
+                _prep(Message, "id", UUID(e["message_id"])),
+                _prep(Message, "conversation", UUID(e["conversation_id"])),
+                e["sender_id"],
+                e.get("content", ""),
+                e.get("payload_key", ""),
+                int(e["seq"]),
+                e["idempotency_key"],
+                e.get("correlation_id", ""),
+                e.get("priority", Priority.NORMAL),
+                _prep(Message, "created_at", _from_ms(int(e["created_at"]))),
+            ]
+        )
+    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(envelopes))
+    by_prepped_id = {_prep(Message, "id", UUID(e["message_id"])): e for e in envelopes}
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES {placeholders} "  # noqa: S608
+            "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+            rows,
+        )
+        inserted = [row[0] for row in cursor.fetchall()]
+        inserted_keys = {str(i) for i in inserted}
+        skipped = [e for pid, e in by_prepped_id.items() if str(pid) not in inserted_keys]
+        if skipped:
+            holders = dict(
+                Message.objects.filter(idempotency_key__in=[e["idempotency_key"] for e in skipped]).values_list(
+                    "idempotency_key", "id"
+                )
+            )
+            for e in skipped:
+                if str(holders.get(e["idempotency_key"])) != str(UUID(e["message_id"])):
+                    raise IdempotencyKeyConflict(
+                        f"message {e['message_id']} carries key {e['idempotency_key']!r}, "
+                        f"already used by message {holders.get(e['idempotency_key'])}"
+                    )
+        if inserted:
+            receipts = MessageReceipt._meta.db_table
+            participants = Conversation.participants.through._meta.db_table
+            marks = ", ".join(["%s"] * len(inserted))
+            cursor.execute(
+                f"INSERT INTO {receipts} (message_id, user_id, state) "  # noqa: S608
+                f"SELECT m.id, p.user_id, %s FROM {table} m "
+                f"JOIN {participants} p ON p.conversation_id = m.conversation_id "
+                f"WHERE m.id IN ({marks}) AND p.user_id <> m.sender_id "
+                "ON CONFLICT (message_id, user_id, state) DO NOTHING",
+                [ReceiptState.SENT, *inserted],
+            )
+    duplicates = len(envelopes) - len(inserted)
+    if duplicates:
+        metrics.IDEMPOTENCY_HIT.labels("persistence", "db").inc(duplicates)
+    try:
+        redis_client().delete(*(pending_key(e["message_id"]) for e in envelopes))
+    except redis.RedisError as error:  # the pending view expires on its own
+        logger.warning("Could not drop pending views: %s", error)
+    return PersistOutcome(inserted=len(inserted), duplicates=duplicates)
+
+
+def receipt_record(*, message_id: UUID, user: AbstractBaseUser, state: str) -> bool:
+    """Record that ``user`` reached ``state`` (delivered or read) for a message.
+
+    States only move forward and ``read`` implies ``delivered``; a state already
+    reached (or passed) is a no-op. Returns True when ``state`` is new.
+
+    Raises:
+      NotFound: no such message, or ``user`` is not in its conversation.
+      Forbidden: ``user`` sent the message.
+      Conflict: the message is not persisted yet.
+    """
+    message = Message.objects.filter(pk=message_id).only("id", "conversation_id", "sender_id").first()
+    if message is None:
+        pending = pending_record(str(message_id))
+        if pending and Conversation.objects.filter(pk=pending["conversation_id"], participants=user).exists():
+            raise Conflict("the message is not persisted yet; retry shortly")
+        raise NotFound("message not found")
+    if not Conversation.objects.filter(pk=message.conversation_id, participants=user).exists():
+        raise NotFound("message not found")
+    if message.sender_id == user.pk:
+        raise Forbidden("only recipients record receipts")
+    states = [ReceiptState.DELIVERED] if state == ReceiptState.DELIVERED else [ReceiptState.DELIVERED, ReceiptState.READ]
+    table = MessageReceipt._meta.db_table
+    values = ", ".join(["(%s, %s, %s)"] * len(states))
+    params: list[Any] = []
+    for s in states:
+        params.extend([_prep(MessageReceipt, "message", message.pk), user.pk, s])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (message_id, user_id, state) VALUES {values} "  # noqa: S608
+            "ON CONFLICT (message_id, user_id, state) DO NOTHING RETURNING state",
+            params,
+        )
+        created = {row[0] for row in cursor.fetchall()}
+    if state not in created:
+        metrics.IDEMPOTENCY_HIT.labels("receipt", "db").inc()
+        return False
+    return True
+
+
+# -- dead letters ------------------------------------------------------------------------
+
+
+def dead_letters_mirror() -> int:
+    """Copy new entries of the broker's dead-letter streams into ``DeadLetter`` rows.
+
+    Idempotent on the dead-letter stream entry id, so a crash mid-mirror duplicates
+    nothing. Returns the number of new rows.
+    """
+    broker = get_broker()
+    created = 0
+    for queue_name in sorted(broker.get_declared_queues() | {MESSAGES_QUEUE}):
+        entries = broker.dead_letters(queue_name)
+        if not entries:
+            continue
+        known = set(
+            DeadLetter.objects.filter(queue=queue_name, dead_letter_id__in=[e.dead_letter_id for e in entries]).values_list(
+                "partition", "dead_letter_id"
+            )
+        )
+        rows = []
+        for e in entries:
+            if (e.partition, e.dead_letter_id) in known:
+                continue
+            envelope: dict[str, Any] = {}
+            message_id = ""
+            actor_name = ""
+            if e.message is not None:
+                message_id = e.message.message_id
+                actor_name = e.message.actor_name
+                first = e.message.args[0] if e.message.args else None
+                envelope = {
+                    "args": list(e.message.args),
+                    "kwargs": e.message.kwargs,
+                    "options": e.message.options,
+                } if not isinstance(first, dict) else dict(first)
+            else:
+                envelope = {"raw": e.raw_message.decode("utf-8", "replace")}
+            rows.append(
+                DeadLetter(
+                    queue=queue_name,
+                    partition=e.partition,
+                    dead_letter_id=e.dead_letter_id,
+                    stream_id=e.stream_id,
+                    message_id=message_id,
+                    actor_name=actor_name,
+                    conversation_id=str(envelope.get("conversation_id", "")),
+                    correlation_id=str(envelope.get("correlation_id", "")),
+                    seq=e.seq,
+                    envelope=envelope,
+                    reason=e.reason,
+                    error=e.error,
+                    traceback=e.traceback,
+                    attempts=e.attempts,
+                    dead_lettered_at=_from_ms(e.dead_lettered_at_ms or int(time.time() * 1000)),
+                )
+            )
+        if rows:
+            DeadLetter.objects.bulk_create(rows, ignore_conflicts=True)
+            created += len(rows)
+    return created
+
+
+def _log_admin_action(dead_letter: DeadLetter, user: AbstractBaseUser | None, action: str) -> None:
+    if user is None or not user.pk:
+        return
+    LogEntry.objects.log_actions(
+        user_id=user.pk, queryset=[dead_letter], action_flag=CHANGE, change_message=action, single_object=True
+    )
+
+
+def dead_letter_requeue(*, dead_letter: DeadLetter, user: AbstractBaseUser | None) -> bool:
+    """Put a dead letter back on its original partition (same id, options and ``seq``).
+
+    A message that is already persisted is not requeued (a harmless no-op); returns
+    whether it was requeued.
+    """
+    if dead_letter.status != DeadLetterStatus.DEAD:
+        return False
+    if dead_letter.message_id and Message.objects.filter(pk=_uuid_or_none(dead_letter.message_id)).exists():
+        requeued = False
+        try:
+            get_broker().discard_dead_letter(dead_letter.queue, dead_letter.partition, dead_letter.dead_letter_id)
+        except redis.RedisError as error:
+            raise ServiceUnavailable(f"Redis unreachable: {error}") from None
+    else:
+        try:
+            get_broker().requeue_dead_letter(dead_letter.queue, dead_letter.partition, dead_letter.dead_letter_id)
+        except DeadLetterNotFound:
+            pass  # requeued or discarded elsewhere already; record it as done
+        except redis.RedisError as error:
+            raise ServiceUnavailable(f"Redis unreachable: {error}") from None
+        requeued = True
+    _set_status(dead_letter, DeadLetterStatus.REQUEUED, user)
+    _log_admin_action(dead_letter, user, "Requeued" if requeued else "Requeue skipped: already persisted")
+    return requeued
+
+
+def dead_letter_discard(*, dead_letter: DeadLetter, user: AbstractBaseUser | None) -> bool:
+    """Drop a dead letter for good; returns False when it was not dead any more."""
+    if dead_letter.status != DeadLetterStatus.DEAD:
+        return False
+    try:
+        get_broker().discard_dead_letter(dead_letter.queue, dead_letter.partition, dead_letter.dead_letter_id)
+    except redis.RedisError as error:
+        raise ServiceUnavailable(f"Redis unreachable: {error}") from None
+    _set_status(dead_letter, DeadLetterStatus.DISCARDED, user)
+    _log_admin_action(dead_letter, user, "Discarded")
+    return True
+
+
+def _set_status(dead_letter: DeadLetter, status: str, user: AbstractBaseUser | None) -> None:
+    dead_letter.status = status
+    dead_letter.status_changed_by = user if user is not None and user.pk else None  # type: ignore[assignment]
+    dead_letter.status_changed_at = timezone.now()
+    dead_letter.save(update_fields=["status", "status_changed_by", "status_changed_at"])
+
+
+def _uuid_or_none(value: str) -> UUID | None:
+    try:
+        return UUID(value)
+    except ValueError:
+        return None

@@ -1,0 +1,211 @@
+"""Ingress: acknowledged only after an atomic, idempotent enqueue; repeats recognised."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+from django.db import connection
+from django.test import override_settings
+from rest_framework.test import APIClient
+
+from brokers import RedisStreamsBroker, partition_for
+from delivery import services
+from delivery.models import Message
+from tests.conftest import wait_for
+from tests.delivery.conftest import client_for
+
+URL = "/api/v1/messages"
+
+
+def post(api: APIClient, body: dict[str, Any], **headers: str) -> Any:
+    return api.post(URL, body, format="json", **headers)
+
+
+def test_post_is_acknowledged_pending_with_seq_after_the_enqueue(api, conversation, project_broker):
+    response = post(api, {"conversation_id": str(conversation.pk), "content": "hello"}, HTTP_X_CORRELATION_ID="abc-1")
+
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert body["state"] == "pending" and body["idempotent_hit"] is False
+    assert body["seq"] == 1 and body["conversation_id"] == str(conversation.pk)
+    assert body["correlation_id"] == "abc-1" and response["X-Correlation-ID"] == "abc-1"
+    assert uuid.UUID(body["message_id"]).version == 7
+    stats = project_broker.partition_stats("messages")[partition_for(str(conversation.pk), 16)]
+    assert stats.length == 1  # durably enqueued on the conversation's partition before the answer
+
+
+def test_seq_increases_in_acknowledgement_order_per_conversation(api, conversation, alice, bob):
+    seqs = [post(api, {"conversation_id": str(conversation.pk), "content": f"m{i}"}).json()["seq"] for i in range(5)]
+    other = services.conversation_create(creator=alice, participant_usernames=["bob"])
+    first_other = post(api, {"conversation_id": str(other.pk), "content": "x"}).json()["seq"]
+    assert seqs == [1, 2, 3, 4, 5]
+    assert first_other == 1
+
+
+def test_repeat_with_the_same_client_key_returns_200_with_the_same_ids(api, conversation):
+    body = {"conversation_id": str(conversation.pk), "content": "hi", "client_message_id": "k-1"}
+    first = post(api, body)
+    again = post(api, body)
+    by_header = post(api, {"conversation_id": str(conversation.pk), "content": "hi"}, HTTP_IDEMPOTENCY_KEY="k-1")
+
+    assert first.status_code == 202
+    assert again.status_code == 200 and by_header.status_code == 200
+    for repeat in (again.json(), by_header.json()):
+        assert repeat["idempotent_hit"] is True
+        assert (repeat["message_id"], repeat["seq"]) == (first.json()["message_id"], first.json()["seq"])
+        assert repeat["created_at"] == first.json()["created_at"]
+
+
+def test_client_keys_are_scoped_per_sender(api, conversation, bob):
+    body = {"conversation_id": str(conversation.pk), "content": "hi", "client_message_id": "same"}
+    from_alice = post(api, body).json()
+    from_bob = post(client_for(bob), body)
+    assert from_bob.status_code == 202
+    assert from_bob.json()["message_id"] != from_alice["message_id"]
+
+
+def test_same_key_with_a_different_body_is_422_and_changes_nothing(api, conversation, project_broker):
+    post(api, {"conversation_id": str(conversation.pk), "content": "hi", "client_message_id": "k"})
+    response = post(api, {"conversation_id": str(conversation.pk), "content": "changed", "client_message_id": "k"})
+    assert response.status_code == 422
+    assert response.json()["code"] == "idempotency_key_reused"
+    assert sum(s.length for s in project_broker.partition_stats("messages")) == 1
+
+
+def test_header_and_body_keys_that_differ_are_400(api, conversation):
+    response = post(
+        api,
+        {"conversation_id": str(conversation.pk), "content": "hi", "client_message_id": "a"},
+        HTTP_IDEMPOTENCY_KEY="b",
+    )
+    assert response.status_code == 400
+    assert "client_message_id" in response.json()["errors"]
+
+
+def test_fifty_concurrent_identical_posts_make_one_message_and_fifty_equal_answers(alice, conversation, project_broker):
+    body = {"conversation_id": str(conversation.pk), "content": "once", "client_message_id": "burst"}
+    answers: list[tuple[int, str, int]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(50)
+
+    def send() -> None:
+        try:
+            client = client_for(alice)
+            barrier.wait()
+            response = post(client, body)
+            with lock:
+                answers.append((response.status_code, response.json()["message_id"], response.json()["seq"]))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert len(answers) == 50
+    assert len({(m, s) for _, m, s in answers}) == 1
+    assert sorted(code for code, _, _ in answers) == [200] * 49 + [202]
+    assert sum(s.length for s in project_broker.partition_stats("messages")) == 1
+
+
+@override_settings(IDEMPOTENCY_WINDOW_MS=1500)
+def test_keyless_repeats_are_deduplicated_in_a_sliding_window_from_the_first_send(api, conversation, redis_client):
+    body = {"conversation_id": str(conversation.pk), "content": "no key"}
+    first = post(api, body).json()
+    # A repeat inside the window is a hit, even across a wall-clock second boundary
+    # (where the seed's 1-second buckets miss it).
+    first_second = int(time.time())
+    wait_for(lambda: int(time.time()) != first_second, timeout=2, what="the next wall-clock second")
+    repeat = post(api, body)
+    assert repeat.status_code == 200 and repeat.json()["message_id"] == first["message_id"]
+    # Once the window (from the first send) is over, the same content is a new message.
+    wait_for(lambda: not redis_client.keys("*:idem:d:*"), timeout=5, what="the window to pass")
+    later = post(api, body)
+    assert later.status_code == 202 and later.json()["message_id"] != first["message_id"]
+    assert later.json()["seq"] == first["seq"] + 1
+
+
+def test_a_key_older_than_the_redis_record_is_found_in_the_database(api, conversation, run_worker, project_broker, redis_client):
+    body = {"conversation_id": str(conversation.pk), "content": "old", "client_message_id": "k-old"}
+    first = post(api, body).json()
+    run_worker()
+    project_broker.join("messages", timeout=10_000)
+    for key in redis_client.keys("*:idem:*"):
+        redis_client.delete(key)  # the 24 h record expired
+
+    again = post(api, body)
+    assert again.status_code == 200
+    assert again.json() | {"state": None} == first | {"state": None, "idempotent_hit": True}
+    assert again.json()["state"] == "persisted"
+    changed = post(api, {**body, "content": "other"})
+    assert changed.status_code == 422
+
+
+@override_settings(MAX_CONTENT_BYTES=1000)
+def test_content_over_the_limit_is_413(api, conversation, project_broker):
+    response = post(api, {"conversation_id": str(conversation.pk), "content": "é" * 501})
+    assert response.status_code == 413
+    assert response.json()["code"] == "payload_too_large"
+    assert sum(s.length for s in project_broker.partition_stats("messages")) == 0
+
+
+def test_redis_unreachable_is_503_with_retry_after_and_nothing_half_done(api, conversation, monkeypatch):
+    dead = RedisStreamsBroker(client=redis.Redis(port=1, socket_connect_timeout=0.5))
+    monkeypatch.setattr(services, "get_broker", lambda: dead)
+    response = post(api, {"conversation_id": str(conversation.pk), "content": "hi"})
+    assert response.status_code == 503
+    assert response["Retry-After"] == "1"
+    assert response.json()["code"] == "service_unavailable"
+    assert Message.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"content": "x"}, "conversation_id"),
+        ({"conversation_id": "not-a-uuid", "content": "x"}, "conversation_id"),
+        ({"conversation_id": "CONV", "content": ""}, "content"),
+        ({"conversation_id": "CONV", "content": "   "}, "content"),
+        ({"conversation_id": "CONV", "content": 42}, "content"),
+        ({"conversation_id": "CONV", "content": ["x"]}, "content"),
+        ({"conversation_id": "CONV", "content": None}, "content"),
+        ({"conversation_id": "CONV", "content": "x", "priority": "low"}, "priority"),
+        ({"conversation_id": "CONV", "content": "x", "client_message_id": 7}, "client_message_id"),
+        ({"conversation_id": "CONV", "content": "x", "client_message_id": "k" * 201}, "client_message_id"),
+    ],
+)
+def test_malformed_message_bodies_are_400_with_the_field_named(api, conversation, project_broker, body, field):
+    body = {k: (str(conversation.pk) if v == "CONV" else v) for k, v in body.items()}
+    response = post(api, body)
+    assert response.status_code == 400, response.content
+    assert field in response.json()["errors"]
+    assert sum(s.length for s in project_broker.partition_stats("messages")) == 0
+
+
+def test_bad_json_and_wrong_media_types_are_4xx_json(api, conversation):
+    bad_json = api.post(URL, data="{nope", content_type="application/json")
+    not_object = api.post(URL, data="[1, 2]", content_type="application/json")
+    form = api.post(URL, data="a=b", content_type="application/x-www-form-urlencoded")
+    assert bad_json.status_code == 400 and bad_json.json()["code"] == "parse_error"
+    assert not_object.status_code == 400 and "errors" in not_object.json()
+    assert form.status_code == 415 and form.json()["code"] == "unsupported_media_type"
+
+
+def test_unknown_conversation_and_other_peoples_conversations_are_404(api, conversation, carol):
+    unknown = post(api, {"conversation_id": str(uuid.uuid4()), "content": "x"})
+    not_mine = post(client_for(carol), {"conversation_id": str(conversation.pk), "content": "x"})
+    assert unknown.status_code == 404 and not_mine.status_code == 404
+    assert unknown.json() == not_mine.json()
+
+
+def test_anonymous_requests_are_refused(conversation):
+    response = APIClient().post(URL, {"conversation_id": str(conversation.pk), "content": "x"}, format="json")
+    assert response.status_code in (401, 403)
+    assert "detail" in response.json()
