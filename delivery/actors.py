@@ -10,7 +10,7 @@ from typing import Any
 
 import dramatiq
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import InterfaceError, OperationalError
 
 from delivery import services
 from delivery.logging import current_correlation_id
@@ -39,12 +39,8 @@ PERSIST_MAX_BACKOFF_MS = 30_000
 )
 def persist_messages(messages: list[dramatiq.Message[Any]]) -> None:
     """Persist consecutive messages of one partition in one transaction, in ``seq`` order."""
-    close_old_connections()
     envelopes = [{**m.args[0], "seq": m.options["seq"]} for m in messages]
-    try:
-        outcome = services.messages_persist(envelopes=envelopes)
-    finally:
-        close_old_connections()
+    outcome = services.messages_persist(envelopes=envelopes)
     for m, envelope in zip(messages, envelopes, strict=True):
         token = current_correlation_id.set(envelope.get("correlation_id") or None)
         try:

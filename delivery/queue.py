@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from functools import cache
 
+from typing import Any
+
 import dramatiq
 from django.conf import settings
+from django.db import close_old_connections, connection
 from django.db.models import Max
+from dramatiq.middleware import Middleware
 
 from brokers import RedisStreamsBroker
 
@@ -27,6 +31,26 @@ def sequence_floor(conversation_id: str) -> int:
     return max(persisted or 0, dead or 0)
 
 
+class DbConnections(Middleware):
+    """Database connection hygiene for worker threads (each holds its own connection).
+
+    Stale or broken connections are closed around every message, so a database restart
+    costs one failed try (a transient error) and never "connection already closed"
+    forever; a stopping worker thread closes its connection.
+    """
+
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        close_old_connections()
+
+    def after_process_message(self, broker: dramatiq.Broker, message: Any, **kwargs: Any) -> None:
+        close_old_connections()
+
+    after_skip_message = after_process_message
+
+    def before_worker_thread_shutdown(self, broker: dramatiq.Broker, thread: Any) -> None:
+        connection.close()
+
+
 @cache
 def get_broker() -> RedisStreamsBroker:
     """The process's broker (also installed as Dramatiq's global broker)."""
@@ -39,5 +63,6 @@ def get_broker() -> RedisStreamsBroker:
         idempotency_ttl_ms=settings.IDEMPOTENCY_TTL_MS,
         sequence_floor=sequence_floor,
     )
+    broker.add_middleware(DbConnections())
     dramatiq.set_broker(broker)
     return broker
