@@ -198,7 +198,7 @@ class RedisStreamsBroker(Broker):
         self.idle_poll_max_ms = idle_poll_max_ms
         self.delay_check_ms = delay_check_ms
         self.sequence_floor = sequence_floor
-        self.queues: set[str] = set()  # type: ignore[assignment]
+        self.queues: set[str] = set()
         if client is None:
             client = redis.Redis.from_url(
                 url or "redis://127.0.0.1:6379/0", socket_connect_timeout=5, health_check_interval=30
@@ -382,7 +382,9 @@ class RedisStreamsBroker(Broker):
             return
         for partition in range(self.partitions):
             try:
-                self.client.xgroup_create(self.keys(queue_name, partition).stream, queue_name, id="0", mkstream=True)
+                self.client.xgroup_create(
+                    self.keys(queue_name, partition).stream, queue_name, id="0", mkstream=True
+                )
             except redis.ResponseError as error:
                 if "BUSYGROUP" not in str(error):
                     raise
@@ -425,7 +427,9 @@ class RedisStreamsBroker(Broker):
         for result in results:
             kind = _text(result[0])
             attempts = [int(a) for a in result[4]]
-            entries = [_entry(raw, attempts[i] if i < len(attempts) else 0) for i, raw in enumerate(result[3])]
+            entries = [
+                _entry(raw, attempts[i] if i < len(attempts) else 0) for i, raw in enumerate(result[3])
+            ]
             out.append((kind, int(result[1]), int(result[2]), entries))
         return out
 
@@ -435,11 +439,9 @@ class RedisStreamsBroker(Broker):
         """Read never-delivered entries of ``partitions`` (blocking up to ``block_ms``)."""
         if self.is_cluster:
             got: dict[int, list[StreamEntry]] = {}
-            for partition, (_kind, _w, _d, entries) in zip(
-                partitions, self.fetch(queue_name, partitions, count), strict=True
-            ):
-                if entries:
-                    got[partition] = entries
+            for partition, fetched in zip(partitions, self.fetch(queue_name, partitions, count), strict=True):
+                if fetched[3]:
+                    got[partition] = fetched[3]
             return got
         by_stream = {self.keys(queue_name, p).stream: p for p in partitions}
         try:
@@ -457,9 +459,9 @@ class RedisStreamsBroker(Broker):
                 return {}
             raise
         result: dict[int, list[StreamEntry]] = {}
-        for stream, entries in reply or []:
-            if entries:
-                result[by_stream[_text(stream)]] = [_entry(raw, 0) for raw in entries]
+        for stream, raw_entries in cast(list[tuple[Any, list[Any]]], reply or []):
+            if raw_entries:
+                result[by_stream[_text(stream)]] = [_entry(raw, 0) for raw in raw_entries]
         return result
 
     def lease_many(self, queue_name: str, partitions: list[int], action: str) -> list[int]:
@@ -605,9 +607,13 @@ class RedisStreamsBroker(Broker):
         partitions = range(self.partitions) if partition is None else [partition]
         found = []
         for p in partitions:
-            for raw_id, raw_fields in self.client.xrange(self.keys(queue_name, p).dead, count=count):
+            reply = cast(
+                list[tuple[Any, dict[Any, Any]]],
+                self.client.xrange(self.keys(queue_name, p).dead, count=count),
+            )
+            for raw_id, raw_fields in reply:
                 fields = {_text(k): v for k, v in raw_fields.items()}
-                data = fields.get("m", b"")
+                data = bytes(fields.get("m", b""))
                 try:
                     message: Message[Any] | None = Message.decode(data)
                 except Exception:

@@ -170,7 +170,11 @@ class StreamConsumer(Consumer):
                         self._next_read_at = time.monotonic() + self._read_gap_s
                     continue
                 wake_at = min(
-                    [deadline, *(p.next_fetch_at for p in fetchable), *([self._next_read_at] if fetchable else [])]
+                    [
+                        deadline,
+                        *(p.next_fetch_at for p in fetchable),
+                        *([self._next_read_at] if fetchable else []),
+                    ]
                 )
                 self.state.wakeup.wait(max(0.0005, wake_at - now))
                 self.state.wakeup.clear()
@@ -274,9 +278,7 @@ class StreamConsumer(Consumer):
         clean = [p for p in partitions if p.clean]
         if not clean:
             return False
-        got = self.broker.read_new(
-            self.queue_name, [p.partition for p in clean], self.fetch_count, block_ms
-        )
+        got = self.broker.read_new(self.queue_name, [p.partition for p in clean], self.fetch_count, block_ms)
         if not got:
             return False
         with self.state.lock:
@@ -351,7 +353,11 @@ class StreamConsumer(Consumer):
     @staticmethod
     def _with_stream_options(entry: StreamEntry, partition: int) -> Message[Any]:
         assert entry.message is not None
-        options: dict[str, Any] = {"stream_id": entry.stream_id, "partition": partition, "retries": entry.attempts}
+        options: dict[str, Any] = {
+            "stream_id": entry.stream_id,
+            "partition": partition,
+            "retries": entry.attempts,
+        }
         if entry.seq is not None:
             options["seq"] = entry.seq
         return entry.message.copy(options=options)

@@ -130,9 +130,7 @@ class LeaseCoordinator:
             return
         with state.lock:
             released = [
-                p
-                for p, s in state.partitions.items()
-                if (everything or s.draining) and s.in_flight is None
+                p for p, s in state.partitions.items() if (everything or s.draining) and s.in_flight is None
             ]
             for p in released:
                 del state.partitions[p]

@@ -146,6 +146,8 @@ class InPlaceRetries(Middleware):
         else:
             min_backoff = option("min_backoff", actor.options.get("min_backoff", self.min_backoff))
             max_backoff = option("max_backoff", actor.options.get("max_backoff", self.max_backoff))
-            _, delay = compute_backoff(retries, factor=min_backoff, max_backoff=min(max_backoff, DEFAULT_MAX_BACKOFF))
+            _, delay = compute_backoff(
+                retries, factor=min_backoff, max_backoff=min(max_backoff, DEFAULT_MAX_BACKOFF)
+            )
         self.logger.info("Retrying message %r in place in %d ms.", message.message_id, delay)
         message.retry_in_place(delay_ms=delay, count_attempt=True)

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
@@ -16,6 +17,10 @@ from django.utils.html import format_html
 from delivery import services
 from delivery.errors import ServiceUnavailable
 from delivery.models import Conversation, DeadLetter, DeadLetterStatus, Message, MessageReceipt
+
+
+def _staff(request: HttpRequest) -> User | None:
+    return request.user if isinstance(request.user, User) else None
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -90,7 +95,10 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     exclude = ["envelope", "error", "traceback"]
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return bool(request.user.has_perm("delivery.view_deadletter") or request.user.has_perm("delivery.change_deadletter"))
+        return bool(
+            request.user.has_perm("delivery.view_deadletter")
+            or request.user.has_perm("delivery.change_deadletter")
+        )
 
     @admin.display(description="age")
     def age(self, obj: DeadLetter) -> str:
@@ -115,9 +123,9 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         try:
             for dead_letter in queryset.filter(status=DeadLetterStatus.DEAD):
                 if action == "requeue":
-                    ok = services.dead_letter_requeue(dead_letter=dead_letter, user=request.user)
+                    ok = services.dead_letter_requeue(dead_letter=dead_letter, user=_staff(request))
                 else:
-                    ok = services.dead_letter_discard(dead_letter=dead_letter, user=request.user)
+                    ok = services.dead_letter_discard(dead_letter=dead_letter, user=_staff(request))
                 done += ok
                 skipped += not ok
         except ServiceUnavailable as error:

@@ -79,7 +79,9 @@ class MessageReceipt(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["message", "user", "state"], name="receipt_unique_message_user_state"),
+            models.UniqueConstraint(
+                fields=["message", "user", "state"], name="receipt_unique_message_user_state"
+            ),
         ]
         indexes = [models.Index(fields=["user", "state"])]
 

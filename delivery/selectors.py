@@ -12,7 +12,7 @@ from uuid import UUID
 
 import redis
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, User
+from django.contrib.auth.models import User
 from django.core.files.storage import storages
 from django.db.models import QuerySet
 
@@ -40,12 +40,16 @@ def pending_record(message_id: str) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def conversation_list(*, user: AbstractBaseUser) -> QuerySet[Conversation]:
+def conversation_list(*, user: User) -> QuerySet[Conversation]:
     """The conversations ``user`` takes part in, newest first."""
-    return Conversation.objects.filter(participants=user).prefetch_related("participants").order_by("-created_at")
+    return (
+        Conversation.objects.filter(participants=user)
+        .prefetch_related("participants")
+        .order_by("-created_at")
+    )
 
 
-def conversation_for(*, user: AbstractBaseUser, conversation_id: UUID) -> Conversation:
+def conversation_for(*, user: User, conversation_id: UUID) -> Conversation:
     """The conversation, if ``user`` takes part in it."""
     conversation = Conversation.objects.filter(pk=conversation_id, participants=user).first()
     if conversation is None:
@@ -85,7 +89,7 @@ class MessageView:
     receipts: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _is_participant(user: AbstractBaseUser, conversation_id: str) -> bool:
+def _is_participant(user: User, conversation_id: str) -> bool:
     return Conversation.objects.filter(pk=conversation_id, participants=user).exists()
 
 
@@ -100,7 +104,7 @@ def _envelope_content(envelope: dict[str, Any]) -> str:
     return str(envelope.get("content", ""))
 
 
-def message_view(*, user: AbstractBaseUser, message_id: UUID) -> MessageView:
+def message_view(*, user: User, message_id: UUID) -> MessageView:
     """One message for ``user``: persisted, dead-lettered or still pending."""
     message = Message.objects.select_related("sender").filter(pk=message_id).first()
     if message is not None:
@@ -108,7 +112,9 @@ def message_view(*, user: AbstractBaseUser, message_id: UUID) -> MessageView:
             raise NotFound("message not found")
         receipts = [
             {"user": r.user.get_username(), "state": r.state, "timestamp": r.timestamp}
-            for r in MessageReceipt.objects.filter(message=message).select_related("user").order_by("timestamp", "id")
+            for r in MessageReceipt.objects.filter(message=message)
+            .select_related("user")
+            .order_by("timestamp", "id")
         ]
         return MessageView(
             message_id=str(message.pk),
@@ -138,9 +144,7 @@ def message_view(*, user: AbstractBaseUser, message_id: UUID) -> MessageView:
     )
 
 
-def conversation_messages(
-    *, user: AbstractBaseUser, conversation_id: UUID, after_seq: int, limit: int
-) -> list[Message]:
+def conversation_messages(*, user: User, conversation_id: UUID, after_seq: int, limit: int) -> list[Message]:
     """Persisted messages of a conversation with ``seq > after_seq``, in ``seq`` order."""
     conversation_for(user=user, conversation_id=conversation_id)
     return list(

@@ -18,7 +18,7 @@ import dramatiq
 import redis
 from django.conf import settings
 from django.contrib.admin.models import CHANGE, LogEntry
-from django.contrib.auth.models import AbstractBaseUser, User
+from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.db import connection, transaction
@@ -79,13 +79,15 @@ def _from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def conversation_create(*, creator: AbstractBaseUser, participant_usernames: list[str], title: str = "") -> Conversation:
+def conversation_create(*, creator: User, participant_usernames: list[str], title: str = "") -> Conversation:
     """Create a conversation between ``creator`` and the named users."""
     names = set(participant_usernames)
     users = list(User.objects.filter(username__in=names))
     missing = names - {u.username for u in users}
     if missing:
-        raise NotFound(f"unknown users: {', '.join(sorted(missing))}", extra={"unknown_users": sorted(missing)})
+        raise NotFound(
+            f"unknown users: {', '.join(sorted(missing))}", extra={"unknown_users": sorted(missing)}
+        )
     with transaction.atomic():
         conversation = Conversation.objects.create(title=title)
         conversation.participants.add(creator, *users)
@@ -98,7 +100,7 @@ def _fingerprint(conversation_id: str, priority: str, content: bytes) -> str:
 
 def message_ingest(
     *,
-    sender: AbstractBaseUser,
+    sender: User,
     conversation_id: UUID,
     content: str,
     client_key: str | None,
@@ -127,7 +129,7 @@ def message_ingest(
 
 
 def _ingest(
-    sender: AbstractBaseUser,
+    sender: User,
     conversation_id: str,
     content: str,
     client_key: str | None,
@@ -167,7 +169,9 @@ def _ingest(
         "priority": priority,
     }
     if len(data) > settings.INLINE_PAYLOAD_MAX_BYTES:
-        envelope["payload_key"] = storages["payloads"].save(f"{conversation_id}/{message_id}", ContentFile(data))
+        envelope["payload_key"] = storages["payloads"].save(
+            f"{conversation_id}/{message_id}", ContentFile(data)
+        )
     else:
         envelope["content"] = content
     message: dramatiq.Message[Any] = dramatiq.Message(
@@ -191,7 +195,9 @@ def _ingest(
         sent = get_broker().enqueue(message)
     except BrokerConnectionError as error:
         logger.error("Enqueue failed: Redis unreachable (%s)", error)
-        raise ServiceUnavailable("the message queue is unreachable; nothing was accepted, retry later") from None
+        raise ServiceUnavailable(
+            "the message queue is unreachable; nothing was accepted, retry later"
+        ) from None
 
     options = sent.options
     if options.get("idempotent_hit"):
@@ -228,7 +234,9 @@ def _ingest(
 def _replay_persisted(existing: Message, fingerprint: str) -> IngestResult:
     from delivery.selectors import message_content
 
-    stored = _fingerprint(str(existing.conversation_id), existing.priority, message_content(existing).encode())
+    stored = _fingerprint(
+        str(existing.conversation_id), existing.priority, message_content(existing).encode()
+    )
     if stored != fingerprint:
         raise IdempotencyKeyReused("this idempotency key was used for a different message")
     metrics.IDEMPOTENCY_HIT.labels("ingress", "db").inc()
@@ -311,7 +319,7 @@ def _persist(envelopes: list[dict[str, Any]]) -> PersistOutcome:
     by_prepped_id = {_prep(Message, "id", UUID(e["message_id"])): e for e in envelopes}
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES {placeholders} "  # noqa: S608
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES {placeholders} "
             "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
             rows,
         )
@@ -320,9 +328,9 @@ def _persist(envelopes: list[dict[str, Any]]) -> PersistOutcome:
         skipped = [e for pid, e in by_prepped_id.items() if str(pid) not in inserted_keys]
         if skipped:
             holders = dict(
-                Message.objects.filter(idempotency_key__in=[e["idempotency_key"] for e in skipped]).values_list(
-                    "idempotency_key", "id"
-                )
+                Message.objects.filter(
+                    idempotency_key__in=[e["idempotency_key"] for e in skipped]
+                ).values_list("idempotency_key", "id")
             )
             for e in skipped:
                 if str(holders.get(e["idempotency_key"])) != str(UUID(e["message_id"])):
@@ -335,7 +343,7 @@ def _persist(envelopes: list[dict[str, Any]]) -> PersistOutcome:
             participants = Conversation.participants.through._meta.db_table
             marks = ", ".join(["%s"] * len(inserted))
             cursor.execute(
-                f"INSERT INTO {receipts} (message_id, user_id, state) "  # noqa: S608
+                f"INSERT INTO {receipts} (message_id, user_id, state) "
                 f"SELECT m.id, p.user_id, %s FROM {table} m "
                 f"JOIN {participants} p ON p.conversation_id = m.conversation_id "
                 f"WHERE m.id IN ({marks}) AND p.user_id <> m.sender_id "
@@ -352,7 +360,7 @@ def _persist(envelopes: list[dict[str, Any]]) -> PersistOutcome:
     return PersistOutcome(inserted=len(inserted), duplicates=duplicates)
 
 
-def receipt_record(*, message_id: UUID, user: AbstractBaseUser, state: str) -> bool:
+def receipt_record(*, message_id: UUID, user: User, state: str) -> bool:
     """Record that ``user`` reached ``state`` (delivered or read) for a message.
 
     States only move forward and ``read`` implies ``delivered``; a state already
@@ -373,7 +381,11 @@ def receipt_record(*, message_id: UUID, user: AbstractBaseUser, state: str) -> b
         raise NotFound("message not found")
     if message.sender_id == user.pk:
         raise Forbidden("only recipients record receipts")
-    states = [ReceiptState.DELIVERED] if state == ReceiptState.DELIVERED else [ReceiptState.DELIVERED, ReceiptState.READ]
+    states = (
+        [ReceiptState.DELIVERED]
+        if state == ReceiptState.DELIVERED
+        else [ReceiptState.DELIVERED, ReceiptState.READ]
+    )
     table = MessageReceipt._meta.db_table
     values = ", ".join(["(%s, %s, %s)"] * len(states))
     params: list[Any] = []
@@ -381,7 +393,7 @@ def receipt_record(*, message_id: UUID, user: AbstractBaseUser, state: str) -> b
         params.extend([_prep(MessageReceipt, "message", message.pk), user.pk, s])
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} (message_id, user_id, state) VALUES {values} "  # noqa: S608
+            f"INSERT INTO {table} (message_id, user_id, state) VALUES {values} "
             "ON CONFLICT (message_id, user_id, state) DO NOTHING RETURNING state",
             params,
         )
@@ -408,9 +420,9 @@ def dead_letters_mirror() -> int:
         if not entries:
             continue
         known = set(
-            DeadLetter.objects.filter(queue=queue_name, dead_letter_id__in=[e.dead_letter_id for e in entries]).values_list(
-                "partition", "dead_letter_id"
-            )
+            DeadLetter.objects.filter(
+                queue=queue_name, dead_letter_id__in=[e.dead_letter_id for e in entries]
+            ).values_list("partition", "dead_letter_id")
         )
         rows = []
         for e in entries:
@@ -423,11 +435,15 @@ def dead_letters_mirror() -> int:
                 message_id = e.message.message_id
                 actor_name = e.message.actor_name
                 first = e.message.args[0] if e.message.args else None
-                envelope = {
-                    "args": list(e.message.args),
-                    "kwargs": e.message.kwargs,
-                    "options": e.message.options,
-                } if not isinstance(first, dict) else dict(first)
+                envelope = (
+                    {
+                        "args": list(e.message.args),
+                        "kwargs": e.message.kwargs,
+                        "options": e.message.options,
+                    }
+                    if not isinstance(first, dict)
+                    else dict(first)
+                )
             else:
                 envelope = {"raw": e.raw_message.decode("utf-8", "replace")}
             rows.append(
@@ -455,7 +471,7 @@ def dead_letters_mirror() -> int:
     return created
 
 
-def _log_admin_action(dead_letter: DeadLetter, user: AbstractBaseUser | None, action: str) -> None:
+def _log_admin_action(dead_letter: DeadLetter, user: User | None, action: str) -> None:
     if user is None or not user.pk:
         return
     LogEntry.objects.log_actions(
@@ -463,7 +479,7 @@ def _log_admin_action(dead_letter: DeadLetter, user: AbstractBaseUser | None, ac
     )
 
 
-def dead_letter_requeue(*, dead_letter: DeadLetter, user: AbstractBaseUser | None) -> bool:
+def dead_letter_requeue(*, dead_letter: DeadLetter, user: User | None) -> bool:
     """Put a dead letter back on its original partition (same id, options and ``seq``).
 
     A message that is already persisted is not requeued (a harmless no-op); returns
@@ -471,15 +487,20 @@ def dead_letter_requeue(*, dead_letter: DeadLetter, user: AbstractBaseUser | Non
     """
     if dead_letter.status != DeadLetterStatus.DEAD:
         return False
-    if dead_letter.message_id and Message.objects.filter(pk=_uuid_or_none(dead_letter.message_id)).exists():
+    message_uuid = _uuid_or_none(dead_letter.message_id)
+    if message_uuid is not None and Message.objects.filter(pk=message_uuid).exists():
         requeued = False
         try:
-            get_broker().discard_dead_letter(dead_letter.queue, dead_letter.partition, dead_letter.dead_letter_id)
+            get_broker().discard_dead_letter(
+                dead_letter.queue, dead_letter.partition, dead_letter.dead_letter_id
+            )
         except redis.RedisError as error:
             raise ServiceUnavailable(f"Redis unreachable: {error}") from None
     else:
         try:
-            get_broker().requeue_dead_letter(dead_letter.queue, dead_letter.partition, dead_letter.dead_letter_id)
+            get_broker().requeue_dead_letter(
+                dead_letter.queue, dead_letter.partition, dead_letter.dead_letter_id
+            )
         except DeadLetterNotFound:
             pass  # requeued or discarded elsewhere already; record it as done
         except redis.RedisError as error:
@@ -490,7 +511,7 @@ def dead_letter_requeue(*, dead_letter: DeadLetter, user: AbstractBaseUser | Non
     return requeued
 
 
-def dead_letter_discard(*, dead_letter: DeadLetter, user: AbstractBaseUser | None) -> bool:
+def dead_letter_discard(*, dead_letter: DeadLetter, user: User | None) -> bool:
     """Drop a dead letter for good; returns False when it was not dead any more."""
     if dead_letter.status != DeadLetterStatus.DEAD:
         return False
@@ -503,9 +524,9 @@ def dead_letter_discard(*, dead_letter: DeadLetter, user: AbstractBaseUser | Non
     return True
 
 
-def _set_status(dead_letter: DeadLetter, status: str, user: AbstractBaseUser | None) -> None:
+def _set_status(dead_letter: DeadLetter, status: str, user: User | None) -> None:
     dead_letter.status = status
-    dead_letter.status_changed_by = user if user is not None and user.pk else None  # type: ignore[assignment]
+    dead_letter.status_changed_by = user if user is not None and user.pk else None
     dead_letter.status_changed_at = timezone.now()
     dead_letter.save(update_fields=["status", "status_changed_by", "status_changed_at"])
 

@@ -141,9 +141,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     return Config(
         debug=_bool(env, "DJANGO_DEBUG", False),
         secret_key=env.get("DJANGO_SECRET_KEY", "insecure-dev-key-change-me-in-production"),
-        allowed_hosts=tuple(
-            h.strip() for h in env.get("DJANGO_ALLOWED_HOSTS", "*").split(",") if h.strip()
-        ),
+        allowed_hosts=tuple(h.strip() for h in env.get("DJANGO_ALLOWED_HOSTS", "*").split(",") if h.strip()),
         database_url=_database_url(env),
         redis_url=_redis_url(env),
         stream_namespace=namespace,

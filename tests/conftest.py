@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -23,7 +24,9 @@ from brokers import RedisStreamsBroker
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def wait_for(condition: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.02, what: str = "") -> Any:
+def wait_for(
+    condition: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.02, what: str = ""
+) -> Any:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -82,10 +85,8 @@ def make_broker(redis_client: redis.Redis, redis_url: str) -> Iterator[Callable[
 
     yield make
     for broker in made:
-        try:
+        with contextlib.suppress(redis.RedisError):
             broker.close()
-        except redis.RedisError:
-            pass
 
 
 @dataclass
@@ -158,7 +159,10 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
 @pytest.fixture
 def redis_cluster(redis_server: Callable[..., RedisServer]) -> list[RedisServer]:
     """A local Redis Cluster of three masters, no replicas."""
-    nodes = [redis_server("--cluster-enabled", "yes", "--cluster-node-timeout", "2000", "--appendonly", "no") for _ in range(3)]
+    nodes = [
+        redis_server("--cluster-enabled", "yes", "--cluster-node-timeout", "2000", "--appendonly", "no")
+        for _ in range(3)
+    ]
     subprocess.run(
         ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes), "--cluster-yes"],
         check=True,
@@ -173,7 +177,9 @@ def redis_cluster(redis_server: Callable[..., RedisServer]) -> list[RedisServer]
     return nodes
 
 
-def python_subprocess(*args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen[bytes]:
+def python_subprocess(
+    *args: str, env: dict[str, str] | None = None, **kwargs: Any
+) -> subprocess.Popen[bytes]:
     """Start ``python args...`` from the repository root with the test environment."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=full_env, **kwargs)

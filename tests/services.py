@@ -68,5 +68,9 @@ def resolve_services() -> dict[str, str]:
             redis_url = f"redis://{rc.get_container_host_ip()}:{rc.get_exposed_port(6379)}/15"
         atexit.register(lambda: [c.stop() for c in _containers])
         return {"DATABASE_URL": database_url, "REDIS_URL": redis_url}
-    missing = [name for name, ok in (("PostgreSQL at " + database_url, pg_ok), ("Redis at " + redis_url, redis_ok)) if not ok]
+    missing = [
+        name
+        for name, ok in (("PostgreSQL at " + database_url, pg_ok), ("Redis at " + redis_url, redis_ok))
+        if not ok
+    ]
     raise RuntimeError(f"The tests need {' and '.join(missing)}, which did not answer. {START_HINT}")

@@ -15,7 +15,7 @@ os.environ.update(resolve_services())
 os.environ.setdefault("LOG_JSON", "1")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
-from messaging_project.settings import *  # noqa: E402,F403
+from messaging_project.settings import *  # noqa: F403
 
 # Passwords are hashed on every test user; the fast hasher keeps the suite quick.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -17,10 +17,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     """Map domain and DRF errors to a status and a JSON body (never a 500 for bad input)."""
     if isinstance(exc, ApplicationError):
         body: dict[str, Any] = {"detail": exc.message, "code": exc.code, **exc.extra}
-        response = Response(body, status=exc.status_code)
+        answer = Response(body, status=exc.status_code)
         if isinstance(exc, ServiceUnavailable):
-            response["Retry-After"] = str(exc.retry_after_s)
-        return response
+            answer["Retry-After"] = str(exc.retry_after_s)
+        return answer
     if isinstance(exc, Http404):
         return Response({"detail": "not found", "code": "not_found"}, status=status.HTTP_404_NOT_FOUND)
     if isinstance(exc, PermissionDenied):

@@ -29,4 +29,6 @@ def readyz(request: HttpRequest) -> JsonResponse:
         checks["database"] = f"unreachable: {type(error).__name__}: {error}"
         connection.close()
     ready = all(v == "ok" for v in checks.values())
-    return JsonResponse({"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
+    return JsonResponse(
+        {"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.models import User
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -30,6 +31,13 @@ class StrictCharField(serializers.CharField):
         return str(super().to_internal_value(data))
 
 
+def _user(request: Request) -> User:
+    """The authenticated caller (every view requires authentication)."""
+    user = request.user
+    assert isinstance(user, User)
+    return user
+
+
 def _correlation_id(request: Request) -> str:
     return str(getattr(request._request, "correlation_id", ""))
 
@@ -52,7 +60,7 @@ class ConversationListCreateApi(APIView):
 
     @extend_schema(responses=OutputSerializer(many=True))
     def get(self, request: Request) -> Response:
-        conversations = selectors.conversation_list(user=request.user)
+        conversations = selectors.conversation_list(user=_user(request))
         return Response(self.OutputSerializer(conversations, many=True).data)
 
     @extend_schema(request=InputSerializer, responses={201: OutputSerializer})
@@ -60,11 +68,11 @@ class ConversationListCreateApi(APIView):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         conversation = services.conversation_create(
-            creator=request.user,
+            creator=_user(request),
             participant_usernames=serializer.validated_data["participants"],
             title=serializer.validated_data["title"],
         )
-        conversation = selectors.conversation_for(user=request.user, conversation_id=conversation.pk)
+        conversation = selectors.conversation_for(user=_user(request), conversation_id=conversation.pk)
         return Response(self.OutputSerializer(conversation).data, status=status.HTTP_201_CREATED)
 
 
@@ -111,7 +119,7 @@ class MessageCreateApi(APIView):
                 {"client_message_id": ["differs from the Idempotency-Key header; send one key"]}
             )
         result = services.message_ingest(
-            sender=request.user,
+            sender=_user(request),
             conversation_id=data["conversation_id"],
             content=data["content"],
             client_key=header if header is not None else body_key,
@@ -147,7 +155,7 @@ class MessageDetailApi(APIView):
 
     @extend_schema(responses=OutputSerializer)
     def get(self, request: Request, message_id: Any) -> Response:
-        view: MessageView = selectors.message_view(user=request.user, message_id=message_id)
+        view: MessageView = selectors.message_view(user=_user(request), message_id=message_id)
         return Response(self.OutputSerializer(view).data)
 
 
@@ -193,7 +201,7 @@ class ConversationMessagesApi(APIView):
         filters.is_valid(raise_exception=True)
         limit = filters.validated_data["limit"]
         messages = selectors.conversation_messages(
-            user=request.user,
+            user=_user(request),
             conversation_id=conversation_id,
             after_seq=filters.validated_data["after_seq"],
             limit=limit,
@@ -201,9 +209,7 @@ class ConversationMessagesApi(APIView):
         next_after = messages[-1].seq if len(messages) == limit else None
         next_url = None
         if next_after is not None:
-            next_url = request.build_absolute_uri(
-                f"{request.path}?after_seq={next_after}&limit={limit}"
-            )
+            next_url = request.build_absolute_uri(f"{request.path}?after_seq={next_after}&limit={limit}")
         return Response(
             {
                 "results": self.MessageSerializer(messages, many=True).data,
@@ -222,15 +228,29 @@ class ReceiptCreateApi(APIView):
     @extend_schema(
         request=InputSerializer,
         responses={
-            201: inline_serializer("ReceiptResult", {"message_id": serializers.UUIDField(), "state": serializers.CharField(), "created": serializers.BooleanField()}),
-            200: inline_serializer("ReceiptNoop", {"message_id": serializers.UUIDField(), "state": serializers.CharField(), "created": serializers.BooleanField()}),
+            201: inline_serializer(
+                "ReceiptResult",
+                {
+                    "message_id": serializers.UUIDField(),
+                    "state": serializers.CharField(),
+                    "created": serializers.BooleanField(),
+                },
+            ),
+            200: inline_serializer(
+                "ReceiptNoop",
+                {
+                    "message_id": serializers.UUIDField(),
+                    "state": serializers.CharField(),
+                    "created": serializers.BooleanField(),
+                },
+            ),
         },
     )
     def post(self, request: Request, message_id: Any) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         state = serializer.validated_data["state"]
-        created = services.receipt_record(message_id=message_id, user=request.user, state=state)
+        created = services.receipt_record(message_id=message_id, user=_user(request), state=state)
         return Response(
             {"message_id": str(message_id), "state": state, "created": created},
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,

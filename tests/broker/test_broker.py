@@ -188,7 +188,9 @@ def test_throws_dead_letters_at_once_without_retrying(broker, start_worker):
     assert dead.reason == "non_retryable"
 
 
-def test_undecodable_entry_and_unknown_actor_are_dead_lettered_with_their_reason(broker, start_worker, redis_client):
+def test_undecodable_entry_and_unknown_actor_are_dead_lettered_with_their_reason(
+    broker, start_worker, redis_client
+):
     ran: list[int] = []
 
     @dramatiq.actor(broker=broker, queue_name="q")
@@ -255,7 +257,9 @@ def test_dedup_and_sequence_are_atomic_under_concurrent_enqueues(broker):
         for i in range(50):
             # every key is sent by 4 threads at once; half the keys are shared
             key = f"k{i}" if i % 2 == 0 else f"k{thread}-{i}"
-            message = work.send_with_options(args=(i,), partition_key="conv", idempotency_key=key, sequence_key="conv")
+            message = work.send_with_options(
+                args=(i,), partition_key="conv", idempotency_key=key, sequence_key="conv"
+            )
             with lock:
                 results.append((key, message.message_id, message.options["seq"]))
 
@@ -328,7 +332,9 @@ def test_batch_actor_gets_consecutive_messages_acked_together(broker, start_work
 def test_failing_batch_is_split_so_only_the_poison_entry_is_dead_lettered(broker, start_worker):
     persisted: list[int] = []
 
-    @dramatiq.actor(broker=broker, queue_name="q", batch_size=8, max_retries=1, min_backoff=10, max_backoff=10)
+    @dramatiq.actor(
+        broker=broker, queue_name="q", batch_size=8, max_retries=1, min_backoff=10, max_backoff=10
+    )
     def work(messages: list[dramatiq.Message]) -> None:
         values = [m.args[0] for m in messages]
         if 5 in values:
@@ -417,7 +423,9 @@ def test_partition_stats_count_pending_and_undelivered_entries(broker):
 
 def test_stock_retries_middleware_is_replaced_by_in_place_retries(make_broker):
     broker = make_broker(middleware=[Retries(max_retries=7, min_backoff=5)])
-    [retries] = [m for m in broker.middleware if isinstance(m, Middleware) and "max_retries" in m.actor_options]
+    [retries] = [
+        m for m in broker.middleware if isinstance(m, Middleware) and "max_retries" in m.actor_options
+    ]
     assert isinstance(retries, InPlaceRetries)
     assert (retries.max_retries, retries.min_backoff) == (7, 5)
 

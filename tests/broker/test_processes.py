@@ -3,6 +3,7 @@ Redis restarts and Redis Cluster."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -57,7 +58,7 @@ def _assert_ordered_and_complete(records: list[dict[str, Any]], per_key: int, pa
         by_partition[partition_for(r["key"], partitions)].append(r)
     for partition, runs in by_partition.items():
         runs.sort(key=lambda r: r["start"])
-        for before, after in zip(runs, runs[1:], strict=False):
+        for before, after in itertools.pairwise(runs):
             assert after["start"] >= before["end"], f"partition {partition} ran {before} and {after} at once"
 
 
@@ -116,14 +117,18 @@ def test_two_then_three_worker_processes_never_run_one_partition_at_once(make_br
     wait_for(lambda: redis_client.llen("log") > 300, timeout=60, what="progress")
     third = pool.start(sleep_ms=10)  # a process joining causes a rebalance mid-stream
     wait_for(lambda: any(r["pid"] == third.pid for r in _log(redis_client)), timeout=30, what="rebalance")
-    wait_for(lambda: len({(r["key"], r["i"]) for r in _log(redis_client)}) == per_key * len(KEYS), timeout=120)
+    wait_for(
+        lambda: len({(r["key"], r["i"]) for r in _log(redis_client)}) == per_key * len(KEYS), timeout=120
+    )
 
     records = _log(redis_client)
     _assert_ordered_and_complete(records, per_key)
     assert len({r["pid"] for r in records}) == 3, "the partitions were not spread over the processes"
 
 
-def test_sigkilled_worker_process_loses_nothing_and_its_partitions_move_within_5s(make_broker, workers, redis_client):
+def test_sigkilled_worker_process_loses_nothing_and_its_partitions_move_within_5s(
+    make_broker, workers, redis_client
+):
     per_key = 60
     _enqueue(make_broker(), per_key)
     pool = workers()
@@ -138,20 +143,26 @@ def test_sigkilled_worker_process_loses_nothing_and_its_partitions_move_within_5
     victim_partitions = {partition_for(k, 16) for k in recent}
     assert victim_partitions
 
-    wait_for(lambda: len({(r["key"], r["i"]) for r in _log(redis_client)}) == per_key * len(KEYS), timeout=120)
+    wait_for(
+        lambda: len({(r["key"], r["i"]) for r in _log(redis_client)}) == per_key * len(KEYS), timeout=120
+    )
     records = _log(redis_client)
     _assert_ordered_and_complete(records, per_key)
     resumed = min(
         r["start"]
         for r in records
-        if r["pid"] != victim.pid and r["start"] > killed_at and partition_for(r["key"], 16) in victim_partitions
+        if r["pid"] != victim.pid
+        and r["start"] > killed_at
+        and partition_for(r["key"], 16) in victim_partitions
     )
     takeover_s = resumed - killed_at
     print(f"takeover after SIGKILL: {takeover_s:.2f}s")
     assert takeover_s <= 5.0
 
 
-def test_sigterm_finishes_the_message_in_hand_and_hands_partitions_over_at_once(make_broker, workers, redis_client):
+def test_sigterm_finishes_the_message_in_hand_and_hands_partitions_over_at_once(
+    make_broker, workers, redis_client
+):
     per_key = 30
     _enqueue(make_broker(), per_key)
     pool = workers()
@@ -163,7 +174,9 @@ def test_sigterm_finishes_the_message_in_hand_and_hands_partitions_over_at_once(
     stopped_at = time.time()
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=30) == 0
-    wait_for(lambda: len({(r["key"], r["i"]) for r in _log(redis_client)}) == per_key * len(KEYS), timeout=120)
+    wait_for(
+        lambda: len({(r["key"], r["i"]) for r in _log(redis_client)}) == per_key * len(KEYS), timeout=120
+    )
 
     records = _log(redis_client)
     _assert_ordered_and_complete(records, per_key)
@@ -211,7 +224,9 @@ def test_order_holds_on_a_three_master_redis_cluster(redis_cluster: list[RedisSe
 
     for i in range(20):
         for key in KEYS[:8]:
-            record.send_with_options(args=(key, i), partition_key=key, sequence_key=key, idempotency_key=f"{key}/{i}")
+            record.send_with_options(
+                args=(key, i), partition_key=key, sequence_key=key, idempotency_key=f"{key}/{i}"
+            )
     # the partitions really are spread over the shards
     slots = {client.keyslot(broker.keys("ordered", p).stream) for p in range(16)}
     nodes = {client.get_node_from_key(broker.keys("ordered", p).stream).name for p in range(16)}

@@ -41,7 +41,9 @@ def run_worker(project_broker: RedisStreamsBroker) -> Iterator[Callable[..., Wor
     yield start
     for worker in workers:
         worker.stop()
-    project_broker.middleware = [m for m in project_broker.middleware if type(m).__name__ != "_WorkerMiddleware"]
+    project_broker.middleware = [
+        m for m in project_broker.middleware if type(m).__name__ != "_WorkerMiddleware"
+    ]
 
 
 def make_user(username: str, *, staff: bool = False) -> User:

@@ -27,7 +27,9 @@ def post(api: APIClient, body: dict[str, Any], **headers: str) -> Any:
 
 
 def test_post_is_acknowledged_pending_with_seq_after_the_enqueue(api, conversation, project_broker):
-    response = post(api, {"conversation_id": str(conversation.pk), "content": "hello"}, HTTP_X_CORRELATION_ID="abc-1")
+    response = post(
+        api, {"conversation_id": str(conversation.pk), "content": "hello"}, HTTP_X_CORRELATION_ID="abc-1"
+    )
 
     assert response.status_code == 202, response.content
     body = response.json()
@@ -40,7 +42,10 @@ def test_post_is_acknowledged_pending_with_seq_after_the_enqueue(api, conversati
 
 
 def test_seq_increases_in_acknowledgement_order_per_conversation(api, conversation, alice, bob):
-    seqs = [post(api, {"conversation_id": str(conversation.pk), "content": f"m{i}"}).json()["seq"] for i in range(5)]
+    seqs = [
+        post(api, {"conversation_id": str(conversation.pk), "content": f"m{i}"}).json()["seq"]
+        for i in range(5)
+    ]
     other = services.conversation_create(creator=alice, participant_usernames=["bob"])
     first_other = post(api, {"conversation_id": str(other.pk), "content": "x"}).json()["seq"]
     assert seqs == [1, 2, 3, 4, 5]
@@ -51,7 +56,9 @@ def test_repeat_with_the_same_client_key_returns_200_with_the_same_ids(api, conv
     body = {"conversation_id": str(conversation.pk), "content": "hi", "client_message_id": "k-1"}
     first = post(api, body)
     again = post(api, body)
-    by_header = post(api, {"conversation_id": str(conversation.pk), "content": "hi"}, HTTP_IDEMPOTENCY_KEY="k-1")
+    by_header = post(
+        api, {"conversation_id": str(conversation.pk), "content": "hi"}, HTTP_IDEMPOTENCY_KEY="k-1"
+    )
 
     assert first.status_code == 202
     assert again.status_code == 200 and by_header.status_code == 200
@@ -71,7 +78,9 @@ def test_client_keys_are_scoped_per_sender(api, conversation, bob):
 
 def test_same_key_with_a_different_body_is_422_and_changes_nothing(api, conversation, project_broker):
     post(api, {"conversation_id": str(conversation.pk), "content": "hi", "client_message_id": "k"})
-    response = post(api, {"conversation_id": str(conversation.pk), "content": "changed", "client_message_id": "k"})
+    response = post(
+        api, {"conversation_id": str(conversation.pk), "content": "changed", "client_message_id": "k"}
+    )
     assert response.status_code == 422
     assert response.json()["code"] == "idempotency_key_reused"
     assert sum(s.length for s in project_broker.partition_stats("messages")) == 1
@@ -87,7 +96,9 @@ def test_header_and_body_keys_that_differ_are_400(api, conversation):
     assert "client_message_id" in response.json()["errors"]
 
 
-def test_fifty_concurrent_identical_posts_make_one_message_and_fifty_equal_answers(alice, conversation, project_broker):
+def test_fifty_concurrent_identical_posts_make_one_message_and_fifty_equal_answers(
+    alice, conversation, project_broker
+):
     body = {"conversation_id": str(conversation.pk), "content": "once", "client_message_id": "burst"}
     answers: list[tuple[int, str, int]] = []
     lock = threading.Lock()
@@ -116,7 +127,9 @@ def test_fifty_concurrent_identical_posts_make_one_message_and_fifty_equal_answe
 
 
 @override_settings(IDEMPOTENCY_WINDOW_MS=1500)
-def test_keyless_repeats_are_deduplicated_in_a_sliding_window_from_the_first_send(api, conversation, redis_client):
+def test_keyless_repeats_are_deduplicated_in_a_sliding_window_from_the_first_send(
+    api, conversation, redis_client
+):
     body = {"conversation_id": str(conversation.pk), "content": "no key"}
     first = post(api, body).json()
     # A repeat inside the window is a hit, even across a wall-clock second boundary
@@ -132,7 +145,9 @@ def test_keyless_repeats_are_deduplicated_in_a_sliding_window_from_the_first_sen
     assert later.json()["seq"] == first["seq"] + 1
 
 
-def test_a_key_older_than_the_redis_record_is_found_in_the_database(api, conversation, run_worker, project_broker, redis_client):
+def test_a_key_older_than_the_redis_record_is_found_in_the_database(
+    api, conversation, run_worker, project_broker, redis_client
+):
     body = {"conversation_id": str(conversation.pk), "content": "old", "client_message_id": "k-old"}
     first = post(api, body).json()
     run_worker()
@@ -181,7 +196,9 @@ def test_redis_unreachable_is_503_with_retry_after_and_nothing_half_done(api, co
         ({"conversation_id": "CONV", "content": "x", "client_message_id": "k" * 201}, "client_message_id"),
     ],
 )
-def test_malformed_message_bodies_are_400_with_the_field_named(api, conversation, project_broker, body, field):
+def test_malformed_message_bodies_are_400_with_the_field_named(
+    api, conversation, project_broker, body, field
+):
     body = {k: (str(conversation.pk) if v == "CONV" else v) for k, v in body.items()}
     response = post(api, body)
     assert response.status_code == 400, response.content

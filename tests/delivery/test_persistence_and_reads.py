@@ -18,12 +18,18 @@ from tests.delivery.conftest import client_for, make_user
 
 
 def send(api: APIClient, conversation: Conversation, content: str, **extra: Any) -> dict[str, Any]:
-    response = api.post("/api/v1/messages", {"conversation_id": str(conversation.pk), "content": content, **extra}, format="json")
+    response = api.post(
+        "/api/v1/messages",
+        {"conversation_id": str(conversation.pk), "content": content, **extra},
+        format="json",
+    )
     assert response.status_code in (200, 202), response.content
     return dict(response.json())
 
 
-def test_happy_path_message_goes_from_pending_to_persisted_with_sent_receipts(api, conversation, bob, run_worker, project_broker):
+def test_happy_path_message_goes_from_pending_to_persisted_with_sent_receipts(
+    api, conversation, bob, run_worker, project_broker
+):
     ack = send(api, conversation, "hello bob", client_message_id="c1")
     pending = api.get(f"/api/v1/messages/{ack['message_id']}")
     assert pending.status_code == 200 and pending.json()["state"] == "pending"
@@ -36,14 +42,20 @@ def test_happy_path_message_goes_from_pending_to_persisted_with_sent_receipts(ap
     assert persisted["state"] == "persisted"
     assert (persisted["seq"], persisted["sender"], persisted["content"]) == (1, "alice", "hello bob")
     assert persisted["persisted_at"] is not None
-    assert persisted["receipts"] == [{"user": "bob", "state": "sent", "timestamp": persisted["receipts"][0]["timestamp"]}]
+    assert persisted["receipts"] == [
+        {"user": "bob", "state": "sent", "timestamp": persisted["receipts"][0]["timestamp"]}
+    ]
     row = Message.objects.get(pk=ack["message_id"])
     assert row.idempotency_key == f"c:{row.sender_id}:c1" and row.correlation_id == ack["correlation_id"]
     assert all(s.length == 0 for s in project_broker.partition_stats("messages"))
 
 
-def test_conversation_rows_are_complete_unique_and_persisted_in_seq_order(api, alice, bob, run_worker, project_broker):
-    conversations = [services.conversation_create(creator=alice, participant_usernames=["bob"]) for _ in range(20)]
+def test_conversation_rows_are_complete_unique_and_persisted_in_seq_order(
+    api, alice, bob, run_worker, project_broker
+):
+    conversations = [
+        services.conversation_create(creator=alice, participant_usernames=["bob"]) for _ in range(20)
+    ]
     acked: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for i in range(50):
         for conversation in conversations:
@@ -102,8 +114,13 @@ def test_a_different_message_with_a_used_key_is_a_conflict_not_a_silent_drop(ali
 def test_database_rejects_duplicate_keys_seqs_and_receipts(alice, conversation):
     def message(key: str, seq: int) -> Message:
         return Message(
-            id=uuid.uuid4(), conversation=conversation, sender=alice, content="x", seq=seq,
-            idempotency_key=key, created_at="2026-01-01T00:00:00Z",
+            id=uuid.uuid4(),
+            conversation=conversation,
+            sender=alice,
+            content="x",
+            seq=seq,
+            idempotency_key=key,
+            created_at="2026-01-01T00:00:00Z",
         )
 
     first = message("k1", 1)
@@ -117,14 +134,18 @@ def test_database_rejects_duplicate_keys_seqs_and_receipts(alice, conversation):
         MessageReceipt.objects.create(message=first, user=alice, state=ReceiptState.READ)
 
 
-def _persisted(api: APIClient, conversation: Conversation, project_broker: Any, run_worker: Any, content: str = "hi") -> str:
+def _persisted(
+    api: APIClient, conversation: Conversation, project_broker: Any, run_worker: Any, content: str = "hi"
+) -> str:
     ack = send(api, conversation, content)
     run_worker()
     project_broker.join("messages", timeout=10_000)
     return str(ack["message_id"])
 
 
-def test_receipts_are_monotonic_and_read_implies_delivered(api, conversation, bob, run_worker, project_broker):
+def test_receipts_are_monotonic_and_read_implies_delivered(
+    api, conversation, bob, run_worker, project_broker
+):
     message_id = _persisted(api, conversation, project_broker, run_worker)
     as_bob = client_for(bob)
     url = f"/api/v1/messages/{message_id}/receipts"
@@ -132,7 +153,9 @@ def test_receipts_are_monotonic_and_read_implies_delivered(api, conversation, bo
     assert as_bob.post(url, {"state": "read"}, format="json").status_code == 201
     assert as_bob.post(url, {"state": "delivered"}, format="json").status_code == 200  # never goes back
     assert as_bob.post(url, {"state": "read"}, format="json").status_code == 200
-    states = set(MessageReceipt.objects.filter(message_id=message_id, user=bob).values_list("state", flat=True))
+    states = set(
+        MessageReceipt.objects.filter(message_id=message_id, user=bob).values_list("state", flat=True)
+    )
     assert states == {"sent", "delivered", "read"}
 
 
@@ -140,7 +163,10 @@ def test_delivered_then_read_are_each_new_once(api, conversation, bob, run_worke
     message_id = _persisted(api, conversation, project_broker, run_worker)
     as_bob = client_for(bob)
     url = f"/api/v1/messages/{message_id}/receipts"
-    codes = [as_bob.post(url, {"state": s}, format="json").status_code for s in ("delivered", "delivered", "read", "read")]
+    codes = [
+        as_bob.post(url, {"state": s}, format="json").status_code
+        for s in ("delivered", "delivered", "read", "read")
+    ]
     assert codes == [201, 200, 201, 200]
 
 
@@ -157,7 +183,9 @@ def test_receipts_only_by_recipients(api, conversation, carol, run_worker, proje
 
 def test_receipt_for_a_pending_message_is_409(api, conversation, bob):
     ack = send(api, conversation, "not yet")
-    response = client_for(bob).post(f"/api/v1/messages/{ack['message_id']}/receipts", {"state": "read"}, format="json")
+    response = client_for(bob).post(
+        f"/api/v1/messages/{ack['message_id']}/receipts", {"state": "read"}, format="json"
+    )
     assert response.status_code == 409 and response.json()["code"] == "conflict"
 
 
@@ -193,7 +221,9 @@ def test_conversation_messages_page_by_seq_cursor(api, conversation, run_worker,
     assert api.get(url, {"after_seq": "x"}).status_code == 400
 
 
-def test_access_matrix_participant_outsider_staff_anonymous(api, conversation, run_worker, project_broker, transactional_db):
+def test_access_matrix_participant_outsider_staff_anonymous(
+    api, conversation, run_worker, project_broker, transactional_db
+):
     message_id = _persisted(api, conversation, project_broker, run_worker)
     outsider = client_for(make_user("mallory"))
     staff = client_for(make_user("root", staff=True))
@@ -249,7 +279,9 @@ def test_readyz_is_503_with_a_reason_when_redis_is_down(transactional_db, monkey
     assert response.json()["checks"]["database"] == "ok"
 
 
-def test_poison_message_is_dead_lettered_and_its_conversation_continues(api, conversation, run_worker, project_broker, monkeypatch):
+def test_poison_message_is_dead_lettered_and_its_conversation_continues(
+    api, conversation, run_worker, project_broker, monkeypatch
+):
     real = services._persist
 
     def failing(envelopes: list[dict[str, Any]]) -> Any:

@@ -1,0 +1,34 @@
+# The verbs people use; the README and CI call these targets.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+
+.PHONY: install run test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## Start the whole service (API on :8000 and workers) on embedded defaults.
+run: install
+	$(PY) manage.py serve
+
+## Run the test suite against real PostgreSQL and Redis.
+test: install
+	$(PY) -m pytest
+
+## Static checks.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy .
+
+## Benchmarks (figures printed; see docs/benchmarks.md).
+bench: install
+	$(PY) manage.py benchmark all
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
