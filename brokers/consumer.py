@@ -109,6 +109,14 @@ class StreamMessageProxy(MessageProxy):
         self.split = False
         self.finished = False
 
+    def __str__(self) -> str:
+        if len(self.entries) > 1:
+            return (
+                f"{self.actor_name}[batch of {len(self.entries)}, partition {self.partition}, "
+                f"entries {self.entries[0].stream_id}..{self.entries[-1].stream_id}]"
+            )
+        return f"{self.actor_name}[{self.message_id}, partition {self.partition}, entry {self.entries[0].stream_id}]"
+
     def retry_in_place(self, *, delay_ms: int, count_attempt: bool) -> None:
         """Keep the entry pending at the head of its partition and redeliver it later."""
         self.retry_delay_ms = delay_ms

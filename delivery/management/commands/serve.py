@@ -66,6 +66,8 @@ class Command(BaseCommand):
                     f"{options['host']}:{options['port']}",
                     "--workers",
                     str(options["web_workers"]),
+                    "--config",
+                    "python:messaging_project.gunicorn",
                     "--access-logfile",
                     "-",
                 ],

@@ -1,0 +1,30 @@
+"""Gunicorn settings (``--config python:messaging_project.gunicorn``).
+
+Each gunicorn worker is a process: prometheus_client's multiprocess mode lets any of
+them answer ``/metrics`` for all. The directory is set before prometheus_client is
+imported anywhere, and emptied at start so counters do not carry over a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="delivery-api-metrics-")
+
+#: Sync workers: keep-alive connections do not pile onto one worker (see docs/benchmarks.md).
+worker_class = "sync"
+
+
+def on_starting(server: Any) -> None:
+    for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,239 @@
+"""Faults against the real API server and ``runworkers`` (subprocesses): every acknowledged
+message persisted exactly once, in ``seq`` order, nothing dead-lettered unless injected."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.db import connection
+from django.test import Client
+from rest_framework.authtoken.models import Token
+
+from delivery.models import Conversation, DeadLetter, Message
+from delivery.queue import get_broker
+from tests.acceptance import harness
+from tests.acceptance.harness import LoadGenerator, TcpProxy
+from tests.conftest import RedisServer, wait_for
+
+pytestmark = pytest.mark.acceptance
+
+CONVERSATIONS = 40
+PER_CONVERSATION = 50
+
+#: How long the database is away in the outage test, in seconds.
+OUTAGE_S = 12
+
+
+@dataclass
+class Stack:
+    database_url: str
+    redis_url: str
+    token: str
+    conversations: list[str]
+    log_dir: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return harness.project_env(database_url=self.database_url, redis_url=self.redis_url, **extra)
+
+    def plan(self, marker: Callable[[str, int], str] | None = None) -> list[tuple[str, str]]:
+        return [
+            (c, marker(c, i) if marker else f"{c}:{i}")
+            for i in range(PER_CONVERSATION)
+            for c in self.conversations
+        ]
+
+
+@pytest.fixture
+def stack(transactional_db: None, redis_client: Any, redis_url: str, tmp_path: Path) -> Iterator[Stack]:
+    db = connection.settings_dict
+    database_url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    alice = User.objects.create_user("alice", password="pw")
+    bob = User.objects.create_user("bob", password="pw")
+    token = Token.objects.create(user=alice).key
+    conversations = []
+    for _ in range(CONVERSATIONS):
+        conversation = Conversation.objects.create()
+        conversation.participants.add(alice, bob)
+        conversations.append(str(conversation.pk))
+    get_broker()._groups_ready.clear()
+    yield Stack(database_url, redis_url, token, conversations, tmp_path)
+
+
+@pytest.fixture
+def services() -> Iterator[list[harness.Service]]:
+    started: list[harness.Service] = []
+    yield started
+    for service in started:
+        service.stop()
+
+
+def _run_load(gen: LoadGenerator, plan: list[tuple[str, str]]) -> threading.Thread:
+    thread = threading.Thread(target=gen.run, args=(plan,), daemon=True)
+    thread.start()
+    return thread
+
+
+def _persisted() -> int:
+    return Message.objects.count()
+
+
+def _no_dead_letters() -> None:
+    assert get_broker().dead_letters("messages") == []
+    assert DeadLetter.objects.count() == 0
+
+
+def test_sigkilled_worker_processes_lose_nothing_and_keep_order(stack, services):
+    env = stack.env()
+    api, port = harness.api_server(env, stack.log_dir)
+    workers = harness.workers(env, stack.log_dir, processes=2)
+    services += [api, workers]
+    gen = LoadGenerator(port, stack.token)
+    load = _run_load(gen, stack.plan())
+
+    for kill in range(3):
+        wait_for(lambda k=kill: _persisted() >= 300 * (k + 1), timeout=120, what="progress before a kill")
+        victim = random.choice(wait_for(workers.children, timeout=30, what="worker processes"))
+        os.kill(victim, signal.SIGKILL)
+    load.join(timeout=300)
+    assert len(gen.acks) == CONVERSATIONS * PER_CONVERSATION
+    harness.wait_until_persisted(len(gen.acks))
+    harness.assert_every_ack_persisted_once_in_order(gen.acks)
+    _no_dead_letters()
+    wait_for(
+        lambda: sum("restarting it" in line for line in workers.log_lines()) >= 3,
+        timeout=30,
+        what="runworkers to log and restart every killed process",
+    )
+
+
+def test_graceful_restart_of_all_workers_loses_nothing(stack, services):
+    env = stack.env()
+    api, port = harness.api_server(env, stack.log_dir)
+    first = harness.workers(env, stack.log_dir, processes=2)
+    services += [api, first]
+    gen = LoadGenerator(port, stack.token)
+    load = _run_load(gen, stack.plan())
+
+    wait_for(lambda: _persisted() >= 500, timeout=120, what="progress before the restart")
+    first.signal(signal.SIGTERM)
+    assert first.wait(timeout=60) == 0
+    second = harness.workers(env, stack.log_dir, processes=2)
+    services.append(second)
+    load.join(timeout=300)
+    harness.wait_until_persisted(len(gen.acks))
+    harness.assert_every_ack_persisted_once_in_order(gen.acks)
+    _no_dead_letters()
+
+
+def test_database_outage_pauses_persistence_and_dead_letters_nothing(stack, services):
+    db = connection.settings_dict
+    proxy = TcpProxy(int(db["PORT"]))
+    try:
+        api_env = stack.env()
+        worker_env = stack.env(DATABASE_URL=f"postgres://{db['USER']}@127.0.0.1:{proxy.port}/{db['NAME']}")
+        api, port = harness.api_server(api_env, stack.log_dir)
+        workers = harness.workers(worker_env, stack.log_dir, processes=2)
+        services += [api, workers]
+        gen = LoadGenerator(port, stack.token)
+        load = _run_load(gen, stack.plan())
+
+        wait_for(lambda: _persisted() >= 300, timeout=120, what="progress before the outage")
+        proxy.cut()
+        cut_at = time.monotonic()
+        during = _persisted()
+        load.join(timeout=300)  # ingress keeps acknowledging while the workers' database is away
+        assert len(gen.acks) == CONVERSATIONS * PER_CONVERSATION
+        # The fault is a 12-second outage: hold it for its whole length.
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - cut_at)))
+        # Nothing was persisted meanwhile but the batches whose commit was under way.
+        assert _persisted() <= during + 16 * 10
+        proxy.restore()
+        harness.wait_until_persisted(len(gen.acks))
+        harness.assert_every_ack_persisted_once_in_order(gen.acks)
+        _no_dead_letters()
+    finally:
+        proxy.close()
+
+
+def test_redis_restart_with_aof_loses_no_acknowledged_message(stack, services, redis_server):
+    server: RedisServer = redis_server("--appendonly", "yes", "--appendfsync", "always")
+    env = stack.env(REDIS_URL=server.url)
+    api, port = harness.api_server(env, stack.log_dir)
+    workers = harness.workers(env, stack.log_dir, processes=2)
+    services += [api, workers]
+    gen = LoadGenerator(port, stack.token)
+    load = _run_load(gen, stack.plan())
+
+    wait_for(lambda: _persisted() >= 500, timeout=120, what="progress before the restart")
+    server.stop(kill=True)  # a crash: only what was fsynced survives (appendfsync always)
+    server.start()
+    load.join(timeout=300)
+    assert len(gen.acks) == CONVERSATIONS * PER_CONVERSATION
+    assert gen.retries > 0  # clients did see the outage and retried with their keys
+    harness.wait_until_persisted(len(gen.acks))
+    harness.assert_every_ack_persisted_once_in_order(gen.acks)
+    assert server.client().keys("*:dead") == []
+
+
+def test_poison_messages_are_dead_lettered_their_conversations_go_on_and_requeue_restores_them(
+    stack, services
+):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION reject_poison() RETURNS trigger AS $$ BEGIN "
+            "IF NEW.content LIKE '%POISON%' THEN RAISE EXCEPTION 'poison content refused'; END IF; "
+            "RETURN NEW; END $$ LANGUAGE plpgsql"
+        )
+        cursor.execute(
+            "CREATE TRIGGER reject_poison BEFORE INSERT ON delivery_message "
+            "FOR EACH ROW EXECUTE FUNCTION reject_poison()"
+        )
+    poisoned = set(stack.conversations[:3])
+    env = stack.env(STREAM_MAX_RETRIES="2")
+    api, port = harness.api_server(env, stack.log_dir)
+    workers = harness.workers(env, stack.log_dir, processes=2)
+    services += [api, workers]
+    gen = LoadGenerator(port, stack.token)
+    gen.run(stack.plan(lambda c, i: f"{c}:{i}:POISON" if c in poisoned and i == 10 else f"{c}:{i}"))
+
+    total = CONVERSATIONS * PER_CONVERSATION
+    harness.wait_until_persisted(total - 3)
+    wait_for(lambda: DeadLetter.objects.count() == 3, timeout=60, what="three mirrored dead letters")
+    poison_ids = {a.message_id for a in gen.acks if "POISON" in a.content}
+    dead = list(DeadLetter.objects.all())
+    assert {d.message_id for d in dead} == poison_ids
+    assert {d.reason for d in dead} == {"max_retries"} and {d.attempts for d in dead} == {3}
+    assert {d.seq for d in dead} == {11}
+    # their conversations went on past them
+    assert all(Message.objects.filter(conversation_id=c, seq=PER_CONVERSATION).exists() for c in poisoned)
+
+    with connection.cursor() as cursor:  # the fix
+        cursor.execute("DROP TRIGGER reject_poison ON delivery_message")
+    staff = User.objects.create_user("ops", password="pw", is_staff=True)
+    staff.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_deadletter", "change_deadletter"])
+    )
+    admin = Client()
+    admin.force_login(staff)
+    response = admin.post(
+        "/admin/delivery/deadletter/",
+        {"action": "requeue", "_selected_action": [d.pk for d in dead]},
+    )
+    assert response.status_code == 302
+    harness.wait_until_persisted(total)
+    harness.assert_every_ack_persisted_once_in_order(gen.acks, allow_late=poison_ids)
+    for message_id in poison_ids:
+        message = Message.objects.get(pk=message_id)
+        assert message.seq == 11 and message.content.endswith("POISON")
+    assert set(DeadLetter.objects.values_list("status", flat=True)) == {"requeued"}
+    assert set(DeadLetter.objects.values_list("status_changed_by__username", flat=True)) == {"ops"}
