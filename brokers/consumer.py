@@ -115,7 +115,8 @@ class StreamMessageProxy(MessageProxy):
                 f"{self.actor_name}[batch of {len(self.entries)}, partition {self.partition}, "
                 f"entries {self.entries[0].stream_id}..{self.entries[-1].stream_id}]"
             )
-        return f"{self.actor_name}[{self.message_id}, partition {self.partition}, entry {self.entries[0].stream_id}]"
+        head = self.entries[0].stream_id
+        return f"{self.actor_name}[{self.message_id}, partition {self.partition}, entry {head}]"
 
     def retry_in_place(self, *, delay_ms: int, count_attempt: bool) -> None:
         """Keep the entry pending at the head of its partition and redeliver it later."""

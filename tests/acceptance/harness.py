@@ -4,6 +4,7 @@ the end-of-test checks read from the database."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import selectors
@@ -275,10 +276,8 @@ class TcpProxy:
         self._cut.set()
         with self._lock:
             for s in self._conns:
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 s.close()
             self._conns.clear()
 
