@@ -307,15 +307,8 @@ class RedisStreamsBroker(Broker):
         except redis.ConnectionError as error:
             raise ConnectionClosed(error) from None
         if int(result[0]) == 1:
-            original = Message.decode(result[1])
-            seq_text = _text(result[2])
-            hit_options: dict[str, Any] = {"idempotent_hit": True, "partition": partition}
-            if seq_text:
-                hit_options["seq"] = int(seq_text)
-            if _text(result[3]):
-                hit_options["stream_id"] = _text(result[3])
+            message = self._original(result[1], result[2], result[3], partition)
             metrics.STREAM_IDEMPOTENT_HIT.labels(str(partition)).inc()
-            message = original.copy(options=hit_options)
         else:
             new_options: dict[str, Any] = {"partition": partition}
             if _text(result[1]):
@@ -326,6 +319,35 @@ class RedisStreamsBroker(Broker):
             metrics.STREAM_ENQUEUE.labels(str(partition), str(options.get("priority", "normal"))).inc()
         self.emit_after("enqueue", message, delay)
         return message
+
+    @staticmethod
+    def _original(record: bytes, seq: Any, stream_id: Any, partition: int) -> Message[Any]:
+        options: dict[str, Any] = {"idempotent_hit": True, "partition": partition}
+        if _text(seq):
+            options["seq"] = int(_text(seq))
+        if _text(stream_id):
+            options["stream_id"] = _text(stream_id)
+        return Message.decode(record).copy(options=options)
+
+    def idempotency_record(
+        self, queue_name: str, idempotency_key: str, *, partition_key: str | None = None
+    ) -> Message[Any] | None:
+        """The message first sent with ``idempotency_key`` while its record lives, else None.
+
+        What :meth:`enqueue` would answer for a repeat (the original message without its
+        arguments, with ``seq`` and ``idempotent_hit``), without enqueuing; a record found
+        counts as an idempotent hit.
+        """
+        partition = partition_for(partition_key, self.partitions) if partition_key is not None else 0
+        key = self.keys(queue_name, partition).idempotency(idempotency_key)
+        try:
+            record, seq, stream_id = self.client.hmget(key, ["m", "seq", "id"])
+        except redis.ConnectionError as error:
+            raise ConnectionClosed(error) from None
+        if record is None:
+            return None
+        metrics.STREAM_IDEMPOTENT_HIT.labels(str(partition)).inc()
+        return self._original(cast(bytes, record), seq, stream_id, partition)
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> StreamConsumer:
         """A consumer of the partitions of ``queue_name`` that this process leases."""

@@ -147,7 +147,17 @@ def _ingest(
         key = f"c:{sender.pk}:{client_key}"
         ttl_ms = settings.IDEMPOTENCY_TTL_MS
         db_key = key
-        # Slow path: a key older than the Redis record is found in the database.
+        # Fast path: the key's record in Redis (kept for a day); slow path: the database,
+        # for keys older than that. The enqueue below deduplicates atomically either way
+        # (two requests racing past these checks get one message).
+        try:
+            remembered = get_broker().idempotency_record(MESSAGES_QUEUE, key, partition_key=conversation_id)
+        except BrokerConnectionError:
+            raise ServiceUnavailable(
+                "the message queue is unreachable; nothing was accepted, retry later"
+            ) from None
+        if remembered is not None:
+            return _replay(remembered, fingerprint, conversation_id, correlation_id)
         existing = Message.objects.filter(idempotency_key=key).first()
         if existing is not None:
             return _replay_persisted(existing, fingerprint)
@@ -199,21 +209,9 @@ def _ingest(
             "the message queue is unreachable; nothing was accepted, retry later"
         ) from None
 
-    options = sent.options
-    if options.get("idempotent_hit"):
-        if client_key and options.get("fingerprint") != fingerprint:
-            raise IdempotencyKeyReused("this idempotency key was used for a different message")
-        metrics.IDEMPOTENCY_HIT.labels("ingress", "cache").inc()
-        return IngestResult(
-            message_id=sent.message_id,
-            conversation_id=conversation_id,
-            seq=int(options["seq"]),
-            state=message_state(sent.message_id),
-            idempotent_hit=True,
-            correlation_id=str(options.get("correlation_id") or correlation_id),
-            created_at=_from_ms(int(options.get("created_at") or sent.message_timestamp)),
-        )
-    seq = int(options["seq"])
+    if sent.options.get("idempotent_hit"):
+        return _replay(sent, fingerprint if client_key else "", conversation_id, correlation_id)
+    seq = int(sent.options["seq"])
     try:
         redis_client().set(
             pending_key(message_id), json.dumps({**envelope, "seq": seq}), ex=PENDING_RECORD_TTL_S
@@ -228,6 +226,25 @@ def _ingest(
         idempotent_hit=False,
         correlation_id=correlation_id,
         created_at=_from_ms(created_ms),
+    )
+
+
+def _replay(
+    original: dramatiq.Message[Any], fingerprint: str, conversation_id: str, correlation_id: str
+) -> IngestResult:
+    """The answer to a repeat found in Redis (``fingerprint`` empty: keyless, no check)."""
+    options = original.options
+    if fingerprint and options.get("fingerprint") != fingerprint:
+        raise IdempotencyKeyReused("this idempotency key was used for a different message")
+    metrics.IDEMPOTENCY_HIT.labels("ingress", "cache").inc()
+    return IngestResult(
+        message_id=original.message_id,
+        conversation_id=conversation_id,
+        seq=int(options["seq"]),
+        state=message_state(original.message_id),
+        idempotent_hit=True,
+        correlation_id=str(options.get("correlation_id") or correlation_id),
+        created_at=_from_ms(int(options.get("created_at") or original.message_timestamp)),
     )
 
 

@@ -18,6 +18,20 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 #: Sync workers: keep-alive connections do not pile onto one worker (see docs/benchmarks.md).
 worker_class = "sync"
 
+#: Gunicorn's own logs as one JSON object per line, like the application's.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "delivery.logging.JsonFormatter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    },
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["console"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+    },
+}
+
 
 def on_starting(server: Any) -> None:
     for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):

@@ -6,42 +6,32 @@ promtool comes from Debian's `prometheus` package; without it these tests fail, 
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-ALERTS = REPO / "monitoring" / "prometheus" / "alerts.yml"
+from tests.promql import (
+    ALERTS,
+    DASHBOARD,
+    PROJECT_METRICS,
+    REPO,
+    SPEC_METRICS,
+    STANDARD_METRICS,
+    alert_exprs,
+    alert_rules,
+    all_panels,
+    dashboard_exprs,
+    load_dashboard,
+    metric_names,
+)
+
 ALERTS_TEST = REPO / "monitoring" / "prometheus" / "alerts_test.yml"
 PROMETHEUS_CONFIG = REPO / "monitoring" / "prometheus" / "prometheus.yml"
-DASHBOARD = REPO / "monitoring" / "grafana" / "phase3-queue-dashboard.json"
 RUNBOOKS = REPO / "docs" / "runbooks.md"
-
-# SPEC section 8, names exactly as exposed (counters with their `_total` suffix).
-SPEC_METRICS = frozenset(
-    {
-        "stream_enqueue_total",
-        "stream_dequeue_total",
-        "stream_partition_lag",
-        "stream_processing_duration_ms",
-        "stream_dead_letter_total",
-        "stream_idempotent_hit_total",
-        "idempotency_hit_total",
-        "idempotency_ingress_duration_ms",
-        "idempotency_persistence_duration_ms",
-        "stream_consumer_processed_total",
-        "stream_consumer_processing_duration_ms",
-        "stream_consumer_dlq_total",
-    }
-)
-# Series that Prometheus itself (up) or every prometheus_client process provides.
-STANDARD_METRICS = frozenset({"up", "process_start_time_seconds"})
 
 EXPECTED_ALERTS = frozenset(
     {
@@ -60,49 +50,6 @@ EXPECTED_ROWS = [
     "Ingress & Persistence",
     "Summary Stats",
 ]
-
-PROMQL_WORDS = frozenset(
-    {
-        # aggregation operators and modifiers
-        "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk",
-        "topk", "quantile", "by", "without", "on", "ignoring", "group_left", "group_right",
-        # binary operators, modifiers, literals
-        "and", "or", "unless", "bool", "offset", "atan2", "inf", "nan",
-        # functions
-        "abs", "absent", "absent_over_time", "ceil", "changes", "clamp", "clamp_max", "clamp_min",
-        "day_of_month", "day_of_week", "day_of_year", "days_in_month", "delta", "deriv", "exp",
-        "floor", "histogram_quantile", "histogram_count", "histogram_sum", "histogram_fraction",
-        "holt_winters", "hour", "idelta", "increase", "irate", "label_join", "label_replace", "ln",
-        "log2", "log10", "minute", "month", "predict_linear", "rate", "resets", "round", "scalar",
-        "sgn", "sort", "sort_desc", "sqrt", "time", "timestamp", "vector", "year",
-        "avg_over_time", "min_over_time", "max_over_time", "sum_over_time", "count_over_time",
-        "quantile_over_time", "stddev_over_time", "stdvar_over_time", "last_over_time",
-        "present_over_time", "acos", "acosh", "asin", "asinh", "atan", "atanh", "cos", "cosh", "sin",
-        "sinh", "tan", "tanh", "deg", "rad", "pi",
-    }
-)  # fmt: skip
-
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
-_GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
-_MATCHERS = re.compile(r"\{[^{}]*\}")
-_RANGE = re.compile(r"\[[^\[\]]*\]")
-# An identifier followed by `{`, `[`, `)`, whitespace or the end of the expression.
-_IDENTIFIER = re.compile(r"(?<![\w:.$])([A-Za-z_:][A-Za-z0-9_:]*)(?=[{\[)\s]|$)")
-_HISTOGRAM_SUFFIX = re.compile(r"_(bucket|sum|count)$")
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names referenced by a PromQL expression."""
-    text = _STRING.sub('""', expr)
-    text = _GROUPING.sub(r"\1", text)  # label lists of by (...), on (...), ...
-    text = _MATCHERS.sub("{}", text)  # label matchers
-    text = _RANGE.sub("[]", text)  # ranges and subqueries
-    names = set()
-    for name in _IDENTIFIER.findall(text):
-        if name.lower() in PROMQL_WORDS:
-            continue
-        names.add(_HISTOGRAM_SUFFIX.sub("", name))
-    return names
 
 
 def _promtool() -> str:
@@ -123,33 +70,6 @@ def _run_promtool(*args: str) -> None:
         f"promtool {' '.join(args)} exited {result.returncode}\n"
         f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
     )
-
-
-def _dashboard() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
-    return data
-
-
-def _all_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
-    panels: list[dict[str, Any]] = []
-    for panel in dashboard["panels"]:
-        panels.append(panel)
-        panels.extend(panel.get("panels", []))  # panels folded into a collapsed row
-    return panels
-
-
-def _dashboard_exprs() -> list[str]:
-    return [
-        target["expr"]
-        for panel in _all_panels(_dashboard())
-        for target in panel.get("targets", [])
-        if target.get("expr")
-    ]
-
-
-def _alert_rules() -> list[dict[str, Any]]:
-    groups = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))["groups"]
-    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
 
 
 def _github_anchor(heading: str) -> str:
@@ -176,7 +96,7 @@ def test_promtool_check_config() -> None:
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     """Every dashboard query parses: promtool checks them as recording rules."""
     rules = [
-        {"record": f"dashboard:query_{index}", "expr": expr} for index, expr in enumerate(_dashboard_exprs())
+        {"record": f"dashboard:query_{index}", "expr": expr} for index, expr in enumerate(dashboard_exprs())
     ]
     rules_file = tmp_path / "dashboard_queries.yml"
     rules_file.write_text(
@@ -192,7 +112,7 @@ def test_every_alert_has_a_unit_test() -> None:
     for case in tests:
         for check in case.get("alert_rule_test", []):
             (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
-    assert {rule["alert"] for rule in _alert_rules()} == EXPECTED_ALERTS
+    assert {rule["alert"] for rule in alert_rules()} == EXPECTED_ALERTS
     assert firing >= EXPECTED_ALERTS, f"no firing case for {sorted(EXPECTED_ALERTS - firing)}"
     assert quiet >= EXPECTED_ALERTS, f"no quiet case for {sorted(EXPECTED_ALERTS - quiet)}"
 
@@ -201,8 +121,8 @@ def test_every_alert_has_a_unit_test() -> None:
 
 
 def test_dashboard_layout() -> None:
-    dashboard = _dashboard()
-    panels = _all_panels(dashboard)
+    dashboard = load_dashboard()
+    panels = all_panels(dashboard)
     rows = [panel for panel in panels if panel["type"] == "row"]
     others = [panel for panel in panels if panel["type"] != "row"]
 
@@ -219,7 +139,7 @@ def test_dashboard_layout() -> None:
 
 
 def test_dashboard_settings() -> None:
-    dashboard = _dashboard()
+    dashboard = load_dashboard()
     assert dashboard["uid"] == "phase3-queue"
     assert dashboard["title"] == "Phase 3 \u2014 Durable Delivery Backbone"
     assert dashboard["refresh"] == "10s"
@@ -251,21 +171,41 @@ def test_dashboard_settings() -> None:
         ('absent(up{job="w"} == 1) or sum(up{job="w"}) == 0', {"up"}),
         ("some_metric", {"some_metric"}),
         ("a_total / on (x) group_left (y) b_count", {"a_total", "b"}),
+        (
+            'increase(stream_worker_restarts_total{job="w"}[10m]) > 5 '
+            'or changes(process_start_time_seconds{job="w"}[10m]) > 5',
+            {"stream_worker_restarts_total", "process_start_time_seconds"},
+        ),
     ],
 )
 def test_metric_name_extraction(expr: str, expected: set[str]) -> None:
     assert metric_names(expr) == expected
 
 
+def test_shared_helpers_read_the_monitoring_files() -> None:
+    """tests.promql (also used by the acceptance tests) finds every query of both files."""
+    dashboard = load_dashboard()
+    targets = [target for panel in all_panels(dashboard) for target in panel.get("targets", [])]
+    assert DASHBOARD.is_file() and ALERTS.is_file()
+    assert dashboard_exprs() == [target["expr"] for target in targets if target.get("expr")]
+    assert len(dashboard_exprs()) >= 14
+    assert alert_exprs() == [rule["expr"] for rule in alert_rules()]
+    assert len(alert_exprs()) == len(EXPECTED_ALERTS)
+    assert not (PROJECT_METRICS & (SPEC_METRICS | STANDARD_METRICS))
+
+
 def test_dashboard_uses_only_spec_metrics_and_shows_all_of_them() -> None:
-    used = set().union(*(metric_names(expr) for expr in _dashboard_exprs()))
-    assert used <= SPEC_METRICS | STANDARD_METRICS, f"unknown metrics: {sorted(used - SPEC_METRICS)}"
+    """Every SPEC metric is on a panel; nothing but SPEC, standard and the project's extra metrics is."""
+    allowed = SPEC_METRICS | STANDARD_METRICS | PROJECT_METRICS
+    used = set().union(*(metric_names(expr) for expr in dashboard_exprs()))
+    assert used <= allowed, f"unknown metrics: {sorted(used - allowed)}"
     assert used >= SPEC_METRICS, f"metrics on no panel: {sorted(SPEC_METRICS - used)}"
 
 
 def test_alerts_use_only_spec_metrics() -> None:
-    allowed = SPEC_METRICS | STANDARD_METRICS
-    for rule in _alert_rules():
+    """Alerts query SPEC metrics, standard ones (up, process_*) and the project's extra metrics only."""
+    allowed = SPEC_METRICS | STANDARD_METRICS | PROJECT_METRICS
+    for rule in alert_rules():
         used = metric_names(rule["expr"])
         assert used, f"{rule['alert']}: no metric found in {rule['expr']!r}"
         assert used <= allowed, f"{rule['alert']}: unknown metrics {sorted(used - allowed)}"
@@ -277,7 +217,7 @@ def test_alerts_use_only_spec_metrics() -> None:
 def test_alerts_are_annotated_and_point_at_existing_runbook_sections() -> None:
     headings = re.findall(r"^#{1,6}\s+(.+?)\s*$", RUNBOOKS.read_text(encoding="utf-8"), flags=re.MULTILINE)
     anchors = {_github_anchor(heading) for heading in headings}
-    for rule in _alert_rules():
+    for rule in alert_rules():
         annotations = rule.get("annotations", {})
         assert {"summary", "description", "runbook_url"} <= set(annotations), rule["alert"]
         assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]

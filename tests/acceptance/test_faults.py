@@ -8,73 +8,24 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test import Client
-from rest_framework.authtoken.models import Token
 
-from delivery.models import Conversation, DeadLetter, Message
+from delivery.models import DeadLetter, Message
 from delivery.queue import get_broker
 from tests.acceptance import harness
+from tests.acceptance.conftest import CONVERSATIONS, PER_CONVERSATION
 from tests.acceptance.harness import LoadGenerator, TcpProxy
 from tests.conftest import RedisServer, wait_for
 
 pytestmark = pytest.mark.acceptance
 
-CONVERSATIONS = 40
-PER_CONVERSATION = 50
 
 #: How long the database is away in the outage test, in seconds.
 OUTAGE_S = 12
-
-
-@dataclass
-class Stack:
-    database_url: str
-    redis_url: str
-    token: str
-    conversations: list[str]
-    log_dir: Path
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return harness.project_env(database_url=self.database_url, redis_url=self.redis_url, **extra)
-
-    def plan(self, marker: Callable[[str, int], str] | None = None) -> list[tuple[str, str]]:
-        return [
-            (c, marker(c, i) if marker else f"{c}:{i}")
-            for i in range(PER_CONVERSATION)
-            for c in self.conversations
-        ]
-
-
-@pytest.fixture
-def stack(transactional_db: None, redis_client: Any, redis_url: str, tmp_path: Path) -> Iterator[Stack]:
-    db = connection.settings_dict
-    database_url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-    alice = User.objects.create_user("alice", password="pw")
-    bob = User.objects.create_user("bob", password="pw")
-    token = Token.objects.create(user=alice).key
-    conversations = []
-    for _ in range(CONVERSATIONS):
-        conversation = Conversation.objects.create()
-        conversation.participants.add(alice, bob)
-        conversations.append(str(conversation.pk))
-    get_broker()._groups_ready.clear()
-    yield Stack(database_url, redis_url, token, conversations, tmp_path)
-
-
-@pytest.fixture
-def services() -> Iterator[list[harness.Service]]:
-    started: list[harness.Service] = []
-    yield started
-    for service in started:
-        service.stop()
 
 
 def _run_load(gen: LoadGenerator, plan: list[tuple[str, str]]) -> threading.Thread:
@@ -186,18 +137,8 @@ def test_redis_restart_with_aof_loses_no_acknowledged_message(stack, services, r
 
 
 def test_poison_messages_are_dead_lettered_their_conversations_go_on_and_requeue_restores_them(
-    stack, services
+    stack, services, poison_trigger
 ):
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE FUNCTION reject_poison() RETURNS trigger AS $$ BEGIN "
-            "IF NEW.content LIKE '%POISON%' THEN RAISE EXCEPTION 'poison content refused'; END IF; "
-            "RETURN NEW; END $$ LANGUAGE plpgsql"
-        )
-        cursor.execute(
-            "CREATE TRIGGER reject_poison BEFORE INSERT ON delivery_message "
-            "FOR EACH ROW EXECUTE FUNCTION reject_poison()"
-        )
     poisoned = set(stack.conversations[:3])
     env = stack.env(STREAM_MAX_RETRIES="2")
     api, port = harness.api_server(env, stack.log_dir)
@@ -217,8 +158,7 @@ def test_poison_messages_are_dead_lettered_their_conversations_go_on_and_requeue
     # their conversations went on past them
     assert all(Message.objects.filter(conversation_id=c, seq=PER_CONVERSATION).exists() for c in poisoned)
 
-    with connection.cursor() as cursor:  # the fix
-        cursor.execute("DROP TRIGGER reject_poison ON delivery_message")
+    poison_trigger()  # the fix
     staff = User.objects.create_user("ops", password="pw", is_staff=True)
     staff.user_permissions.add(
         *Permission.objects.filter(codename__in=["view_deadletter", "change_deadletter"])
