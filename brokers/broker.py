@@ -27,6 +27,7 @@ from dramatiq.middleware.retries import Retries
 from redis.cluster import RedisCluster
 
 from brokers import metrics
+from brokers.coalesce import Coalescer
 from brokers.consumer import QueueState, StreamConsumer, StreamEntry
 from brokers.errors import DeadLetterNotFound
 from brokers.keys import PartitionKeys, members_key, partition_for, partition_keys
@@ -208,11 +209,14 @@ class RedisStreamsBroker(Broker):
         #: Blocking multi-stream reads need every stream on one node.
         self.can_block = not self.is_cluster
         self.scripts = _Scripts(client)
+        #: Concurrent enqueues share round trips (each still waits for its own answer).
+        self._enqueues = Coalescer(self._run_each)
         self.members_key = members_key(namespace)
         self.consumer_name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._states: dict[str, QueueState] = {}
         self._coordinator: LeaseCoordinator | None = None
         self._groups_ready: set[str] = set()
+        self._keys: dict[tuple[str, int], PartitionKeys] = {}
 
     @staticmethod
     def _in_place(middleware: Middleware) -> Middleware:
@@ -230,7 +234,10 @@ class RedisStreamsBroker(Broker):
 
     def keys(self, queue_name: str, partition: int) -> PartitionKeys:
         """Key names of ``queue_name``'s ``partition``."""
-        return partition_keys(self.namespace, queue_name, partition)
+        keys = self._keys.get((queue_name, partition))
+        if keys is None:
+            keys = self._keys[(queue_name, partition)] = partition_keys(self.namespace, queue_name, partition)
+        return keys
 
     def partition_of(self, message: Message[Any]) -> int:
         """The partition ``message`` goes to."""
@@ -288,18 +295,16 @@ class RedisStreamsBroker(Broker):
         floor = ""
         try:
             while True:
-                result = self.scripts.enqueue(
-                    keys=script_keys,
-                    args=[
-                        encoded,
-                        record,
-                        ttl,
-                        "1" if sequence_key else "0",
-                        floor,
-                        "1" if self.sequence_floor else "0",
-                        int(delay or 0),
-                    ],
-                )
+                args = [
+                    encoded,
+                    record,
+                    ttl,
+                    "1" if sequence_key else "0",
+                    floor,
+                    "1" if self.sequence_floor else "0",
+                    int(delay or 0),
+                ]
+                result = self._enqueues.call((self.scripts.enqueue, script_keys, args))
                 if int(result[0]) != 2:
                     break
                 assert self.sequence_floor is not None and sequence_key
@@ -310,12 +315,12 @@ class RedisStreamsBroker(Broker):
             message = self._original(result[1], result[2], result[3], partition)
             metrics.STREAM_IDEMPOTENT_HIT.labels(str(partition)).inc()
         else:
-            new_options: dict[str, Any] = {"partition": partition}
-            if _text(result[1]):
-                new_options["stream_id"] = _text(result[1])
-            if _text(result[2]):
-                new_options["seq"] = int(_text(result[2]))
-            message = message.copy(options=new_options)
+            # The message is the caller's: its options get the partition, id and seq in place.
+            options["partition"] = partition
+            if result[1]:
+                options["stream_id"] = _text(result[1])
+            if result[2]:
+                options["seq"] = int(result[2])
             metrics.STREAM_ENQUEUE.labels(str(partition), str(options.get("priority", "normal"))).inc()
         self.emit_after("enqueue", message, delay)
         return message
@@ -356,6 +361,7 @@ class RedisStreamsBroker(Broker):
             state = self._states.get(queue_name)
             if state is None:
                 state = self._states[queue_name] = QueueState(queue_name)
+            state.start_acker(self)
             if self._coordinator is None:
                 self._coordinator = LeaseCoordinator(self)
             self._coordinator.watch(state)
@@ -364,7 +370,9 @@ class RedisStreamsBroker(Broker):
         return StreamConsumer(self, state, prefetch, timeout)
 
     def close(self) -> None:
-        """Stop leasing, release leases held by this process and leave the membership."""
+        """Write deferred acks, stop leasing, release leases and leave the membership."""
+        for state in self._states.values():
+            state.stop_acker(self)
         if self._coordinator is not None:
             self._coordinator.stop()
             self._coordinator = None
@@ -413,15 +421,44 @@ class RedisStreamsBroker(Broker):
         self._groups_ready.add(queue_name)
 
     def _run(self, calls: list[tuple[Script, list[str], list[Any]]]) -> list[Any]:
-        """Run scripts in one round trip (single node) or one by one (cluster)."""
+        """Run scripts in one round trip (single node) or one by one (cluster).
+
+        Raises the first error a script answered with (after all of them ran).
+        """
+        results = self._run_each(calls)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    def _run_each(self, calls: list[tuple[Script, list[str], list[Any]]]) -> list[Any]:
+        """Run scripts; each result is a value or the error that script answered with.
+
+        Pipelines use ``EVALSHA`` directly: redis-py's pipelined scripts cost an extra
+        ``SCRIPT EXISTS`` round trip on every execute. A script Redis does not know
+        (after a restart) is loaded and run again, alone.
+        """
         if not calls:
             return []
-        if self.is_cluster:
-            return [script(keys=keys, args=args) for script, keys, args in calls]
+        if self.is_cluster or len(calls) == 1:
+            out: list[Any] = []
+            for script, keys, args in calls:
+                try:
+                    out.append(script(keys=keys, args=args))
+                except redis.ResponseError as error:
+                    out.append(error)
+            return out
         pipe = self.client.pipeline(transaction=False)
         for script, keys, args in calls:
-            script(keys=keys, args=args, client=pipe)
-        return cast(list[Any], pipe.execute())
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        results = cast(list[Any], pipe.execute(raise_on_error=False))
+        for i, (result, (script, keys, args)) in enumerate(zip(results, calls, strict=True)):
+            if isinstance(result, redis.exceptions.NoScriptError):
+                try:
+                    results[i] = script(keys=keys, args=args)
+                except redis.ResponseError as error:
+                    results[i] = error
+        return results
 
     def fetch(
         self, queue_name: str, partitions: list[int], count: int
@@ -485,6 +522,14 @@ class RedisStreamsBroker(Broker):
             if raw_entries:
                 result[by_stream[_text(stream)]] = [_entry(raw, 0) for raw in raw_entries]
         return result
+
+    def ack_many(self, queue_name: str, ids_by_partition: dict[int, list[str]]) -> None:
+        """Ack and delete processed entries of several partitions (one round trip where possible)."""
+        calls = []
+        for partition, ids in ids_by_partition.items():
+            keys = self.keys(queue_name, partition)
+            calls.append((self.scripts.ack, [keys.stream, keys.state], [queue_name, self.fetch_count, *ids]))
+        self._run(calls)
 
     def lease_many(self, queue_name: str, partitions: list[int], action: str) -> list[int]:
         """Acquire/renew or release the leases of ``partitions``; 1 where held/released."""

@@ -75,7 +75,15 @@ class PartitionState:
 
 
 class QueueState:
-    """The partitions of one queue leased by this process; guarded by ``lock``."""
+    """The partitions of one queue leased by this process; guarded by ``lock``.
+
+    Acks are deferred: a processed message frees its partition at once (the next one may
+    start: order is about processing, not acking) and its entry ids wait in ``unacked``
+    until the acker thread writes them, many partitions per round trip. A crash loses
+    only unwritten acks, whose messages then run again (at least once, still in order).
+    Nothing that reads pending entries (the fetch step, a retry, a dead letter, a lease
+    release) runs for a partition before its acks are written.
+    """
 
     def __init__(self, queue_name: str) -> None:
         self.queue_name = queue_name
@@ -83,11 +91,69 @@ class QueueState:
         self.wakeup = threading.Event()
         self.partitions: dict[int, PartitionState] = {}
         self.in_flight = 0
+        #: Entry ids processed successfully, per partition, not yet acked in Redis.
+        self.unacked: dict[int, list[str]] = {}
+        self.ack_ready = threading.Event()
+        self._flush_lock = threading.Lock()
+        self._acker: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def is_busy(self, partition: int) -> bool:
-        """Whether a message of ``partition`` is being processed here (call with the lock)."""
+        """Whether ``partition`` has a message in flight or acks unwritten (call with the lock)."""
         state = self.partitions.get(partition)
-        return state is not None and state.in_flight is not None
+        return bool(self.unacked.get(partition)) or (state is not None and state.in_flight is not None)
+
+    def flush_acks(self, broker: RedisStreamsBroker) -> None:
+        """Write every deferred ack now (one round trip on a single node)."""
+        with self._flush_lock:
+            with self.lock:
+                batch = {p: list(ids) for p, ids in self.unacked.items() if ids}
+            if not batch:
+                return
+            broker.ack_many(self.queue_name, batch)
+            with self.lock:
+                for p, ids in batch.items():
+                    rest = self.unacked.get(p, [])[len(ids) :]
+                    if rest:
+                        self.unacked[p] = rest
+                    else:
+                        self.unacked.pop(p, None)
+        self.wakeup.set()
+
+    def start_acker(self, broker: RedisStreamsBroker) -> None:
+        """Start the thread that writes deferred acks (once)."""
+        if self._acker is not None:
+            return
+        self._stop.clear()
+        self._acker = threading.Thread(
+            target=self._ack_loop, args=(broker,), name="stream-acker", daemon=True
+        )
+        self._acker.start()
+
+    def stop_acker(self, broker: RedisStreamsBroker) -> None:
+        """Stop the acker after writing what is left."""
+        self._stop.set()
+        self.ack_ready.set()
+        if self._acker is not None:
+            self._acker.join(timeout=10)
+            self._acker = None
+        try:
+            self.flush_acks(broker)
+        except redis.RedisError as error:
+            get_logger(__name__, type(self)).warning(
+                "Could not write the last acks of %s (they run again): %s", self.queue_name, error
+            )
+
+    def _ack_loop(self, broker: RedisStreamsBroker) -> None:
+        logger = get_logger(__name__, type(self))
+        while not self._stop.is_set():
+            self.ack_ready.wait(0.5)
+            self.ack_ready.clear()
+            try:
+                self.flush_acks(broker)
+            except redis.RedisError as error:
+                logger.warning("Writing acks of %s failed (retrying): %s", self.queue_name, error)
+                self._stop.wait(0.5)
 
 
 class StreamMessageProxy(MessageProxy):
@@ -161,7 +227,12 @@ class StreamConsumer(Consumer):
                 if now >= deadline:
                     return None
                 fetchable = self._fetchable(now)
-                due = [p for p in fetchable if not p.clean or p.next_fetch_at <= now]
+                unacked = self.state.unacked
+                due = [
+                    p
+                    for p in fetchable
+                    if (not p.clean or p.next_fetch_at <= now) and not unacked.get(p.partition)
+                ]
                 if due:
                     self._fetch(due)
                     continue
@@ -181,8 +252,8 @@ class StreamConsumer(Consumer):
                 wake_at = min(
                     [
                         deadline,
-                        *(p.next_fetch_at for p in fetchable),
-                        *([self._next_read_at] if fetchable else []),
+                        *(p.next_fetch_at for p in fetchable if not unacked.get(p.partition)),
+                        *([self._next_read_at] if any(p.clean for p in fetchable) else []),
                     ]
                 )
                 self.state.wakeup.wait(max(0.0005, wake_at - now))
@@ -200,6 +271,8 @@ class StreamConsumer(Consumer):
         elapsed_ms = (time.monotonic() - message.handed_out_at) * 1000
         try:
             if message.retry_delay_ms is not None or message.split:
+                # Earlier successes of the partition must be acked before it waits in place.
+                self.state.flush_acks(broker)
                 limit = max(1, len(ids) // 2) if message.split else 0
                 delay = message.retry_delay_ms or 0
                 broker.scripts.retry(
@@ -208,10 +281,10 @@ class StreamConsumer(Consumer):
                 self._finish(message, retry_in_s=delay / 1000, transient=not message.count_attempt)
                 metrics.CONSUMER_PROCESSED.labels(label, "retry").inc()
             else:
-                broker.scripts.ack(
-                    keys=[keys.stream, keys.state], args=[self.queue_name, self.fetch_count, *ids]
-                )
+                with self.state.lock:
+                    self.state.unacked.setdefault(partition, []).extend(ids)
                 self._finish(message)
+                self.state.ack_ready.set()
                 metrics.CONSUMER_PROCESSED.labels(label, "success").inc(len(ids))
                 metrics.STREAM_PROCESSING_DURATION.observe(elapsed_ms)
             metrics.CONSUMER_PROCESSING_DURATION.labels(label).observe(elapsed_ms)
@@ -226,6 +299,7 @@ class StreamConsumer(Consumer):
             reason = REASON_UNKNOWN_ACTOR if isinstance(exception, ActorNotFound) else REASON_FAILED
         error = message.error or (f"{type(exception).__name__}: {exception}" if exception else "")
         try:
+            self.state.flush_acks(self.broker)
             for entry in message.entries:
                 self.broker.dead_letter(
                     self.queue_name,
@@ -248,6 +322,10 @@ class StreamConsumer(Consumer):
                 self._finish(message, drop_buffer=True)
 
     def close(self) -> None:
+        try:
+            self.state.flush_acks(self.broker)
+        except redis.RedisError as error:
+            self.logger.warning("Could not write acks on close (they run again): %s", error)
         self.broker.coordinator_release_idle(self.queue_name)
 
     # -- internals ------------------------------------------------------------------------
@@ -361,15 +439,16 @@ class StreamConsumer(Consumer):
 
     @staticmethod
     def _with_stream_options(entry: StreamEntry, partition: int) -> Message[Any]:
-        assert entry.message is not None
-        options: dict[str, Any] = {
-            "stream_id": entry.stream_id,
-            "partition": partition,
-            "retries": entry.attempts,
-        }
+        message = entry.message
+        assert message is not None
+        # The entry's decoded message is this consumer's own: its options are set in place.
+        options = message.options
+        options["stream_id"] = entry.stream_id
+        options["partition"] = partition
+        options["retries"] = entry.attempts
         if entry.seq is not None:
             options["seq"] = entry.seq
-        return entry.message.copy(options=options)
+        return message
 
     def _finish(
         self,

@@ -111,7 +111,7 @@ class LeaseCoordinator:
                             self.logger.warning("Lost the lease of %s partition %d.", queue_name, p)
                             current.valid_until = 0.0
                             current.buffer.clear()
-                            if current.in_flight is None:
+                            if not state.is_busy(p):
                                 del state.partitions[p]
                         continue
                     if current is None:
@@ -130,7 +130,7 @@ class LeaseCoordinator:
             return
         with state.lock:
             released = [
-                p for p, s in state.partitions.items() if (everything or s.draining) and s.in_flight is None
+                p for p, s in state.partitions.items() if (everything or s.draining) and not state.is_busy(p)
             ]
             for p in released:
                 del state.partitions[p]

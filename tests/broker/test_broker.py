@@ -415,8 +415,8 @@ def test_partition_stats_count_pending_and_undelivered_entries(broker):
     assert message is not None
     stat = broker.partition_stats("q")[partition_for("k", 16)]
     assert (stat.pending, stat.undelivered, stat.length) == (5, 0, 5)  # fetched ahead: pending, in order
-    consumer.ack(message)
-    stat = broker.partition_stats("q")[partition_for("k", 16)]
+    consumer.ack(message)  # acks are written by the acker thread, moments later
+    stat = wait_for(lambda: (s := broker.partition_stats("q")[partition_for("k", 16)]).length == 4 and s)
     assert (stat.pending, stat.length) == (4, 4)
     assert stat.oldest_age_ms >= 0
 
