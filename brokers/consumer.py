@@ -339,7 +339,15 @@ class StreamConsumer(Consumer):
             ]
 
     def _fetch(self, partitions: list[PartitionState]) -> None:
-        """Run the full fetch step for ``partitions`` (one round trip where possible)."""
+        """Run the full fetch step for ``partitions`` (one round trip where possible).
+
+        The step claims pending entries, so a partition whose acks are not written yet
+        is left out (it would get back entries it already processed).
+        """
+        with self.state.lock:
+            partitions = [p for p in partitions if not self.state.unacked.get(p.partition)]
+        if not partitions:
+            return
         results = self.broker.fetch(self.queue_name, [p.partition for p in partitions], self.fetch_count)
         now = time.monotonic()
         for p, result in zip(partitions, results, strict=True):
@@ -363,6 +371,10 @@ class StreamConsumer(Consumer):
     def _read_new(self, partitions: list[PartitionState], block_ms: int) -> bool:
         """Read never-delivered entries of clean idle partitions; True if any came."""
         clean = [p for p in partitions if p.clean]
+        if not self.broker.can_block:
+            # On a cluster, reading new entries is the fetch step, which claims pending
+            # ones too: it must wait until the partition's deferred acks are written.
+            clean = [p for p in clean if not self.state.unacked.get(p.partition)]
         if not clean:
             return False
         got = self.broker.read_new(self.queue_name, [p.partition for p in clean], self.fetch_count, block_ms)
