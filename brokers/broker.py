@@ -244,14 +244,21 @@ class RedisStreamsBroker(Broker):
         key = message.options.get("partition_key")
         return partition_for(str(key if key is not None else message.message_id), self.partitions)
 
-    def batch_size_of(self, actor_name: str) -> int:
-        """How many messages ``actor_name`` takes at once (1 unless it opts in)."""
+    def batch_size_of(self, actor_name: str) -> int | None:
+        """How many messages ``actor_name`` takes at once; None unless it takes batches.
+
+        An actor that declares ``batch_size`` (even 1) always receives a list of messages.
+        """
         actor = self.actors.get(actor_name)
-        return int(actor.options.get("batch_size", 1) or 1) if actor is not None else 1
+        if actor is None or "batch_size" not in actor.options:
+            return None
+        return max(1, int(actor.options["batch_size"]))
 
     def largest_batch_size(self, queue_name: str) -> int:
         """The largest ``batch_size`` of the actors on ``queue_name``."""
-        sizes = [self.batch_size_of(a.actor_name) for a in self.actors.values() if a.queue_name == queue_name]
+        sizes = [
+            self.batch_size_of(a.actor_name) or 1 for a in self.actors.values() if a.queue_name == queue_name
+        ]
         return max(sizes, default=1)
 
     # -- Dramatiq's Broker contract -------------------------------------------------------

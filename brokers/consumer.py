@@ -429,7 +429,7 @@ class StreamConsumer(Consumer):
         assert head.message is not None
         entries = [head]
         batch_size = self.broker.batch_size_of(head.message.actor_name)
-        if batch_size > 1:
+        if batch_size is not None:
             if p.batch_limit:
                 batch_size = min(batch_size, p.batch_limit)
             while (

@@ -37,15 +37,28 @@ class Message(models.Model):
 
     #: UUIDv7 assigned at ingress, so ids sort by ingress time.
     id = models.UUIDField(primary_key=True, editable=False)
-    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
-    sender = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    # Indexes and database constraints are few on purpose: each costs on the persist path
+    # (docs/decisions/0004-persistence-path.md). The unique (conversation, seq) index
+    # serves conversation lookups. The sender was checked as a participant at ingress;
+    # deleting a user is protected by the ORM, not by a database constraint.
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages", db_index=False
+    )
+    sender = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
+    )
     #: Inline content; empty when the content was offloaded to storage (see ``payload_key``).
     content = models.TextField(blank=True, default="")
     payload_key = models.CharField(max_length=255, blank=True, default="")
     #: Per-conversation sequence number, strictly increasing in ingress acknowledgement order.
     seq = models.BigIntegerField()
-    idempotency_key = models.CharField(max_length=300, unique=True)
-    correlation_id = models.CharField(max_length=100, blank=True, default="", db_index=True)
+    #: Unique (a constraint, not ``unique=True``, which would add a second LIKE index).
+    idempotency_key = models.CharField(max_length=300)
+    correlation_id = models.CharField(max_length=100, blank=True, default="")
     priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.NORMAL)
     #: When ingress acknowledged the message.
     created_at = models.DateTimeField()
@@ -55,6 +68,7 @@ class Message(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["conversation", "seq"], name="message_unique_conversation_seq"),
+            models.UniqueConstraint(fields=["idempotency_key"], name="message_unique_idempotency_key"),
         ]
 
     def __str__(self) -> str:
@@ -72,8 +86,19 @@ class ReceiptState(models.TextChoices):
 class MessageReceipt(models.Model):
     """One state a recipient reached for a message (one row per state reached)."""
 
-    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="receipts")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    # The unique (message, user, state) and (user, state) indexes cover both foreign keys.
+    # Receipts are written only for a message and users just checked (SENT: in the
+    # statement that inserts the message), so the database does not check them again.
+    message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, related_name="receipts", db_index=False, db_constraint=False
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
+    )
     state = models.CharField(max_length=10, choices=ReceiptState.choices)
     timestamp = models.DateTimeField(db_default=Now())
 

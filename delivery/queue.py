@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from functools import cache
 from typing import Any
 
 import dramatiq
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import connection
 from django.db.models import Max
 from dramatiq.middleware import Middleware
 
@@ -33,16 +34,20 @@ def sequence_floor(conversation_id: str) -> int:
 class DbConnections(Middleware):
     """Database connection hygiene for worker threads (each holds its own connection).
 
-    Stale or broken connections are closed around every message, so a database restart
-    costs one failed try (a transient error) and never "connection already closed"
-    forever; a stopping worker thread closes its connection.
+    After a message, a connection that saw an error is checked and closed if broken
+    (the next try reconnects: a database restart costs one transient failure, never
+    "connection already closed" forever), and one past ``CONN_MAX_AGE`` is closed. A
+    healthy connection is not pinged before every message, unlike a web request's.
+    A stopping worker thread closes its connection.
     """
 
-    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
-        close_old_connections()
-
     def after_process_message(self, broker: dramatiq.Broker, message: Any, **kwargs: Any) -> None:
-        close_old_connections()
+        if connection.connection is None:
+            return
+        if connection.errors_occurred or not connection.get_autocommit():
+            connection.close_if_unusable_or_obsolete()
+        elif connection.close_at is not None and time.monotonic() >= connection.close_at:
+            connection.close()
 
     after_skip_message = after_process_message
 

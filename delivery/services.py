@@ -300,73 +300,109 @@ def _prep(model: type[Any], field: str, value: Any) -> Any:
     return model._meta.get_field(field).get_db_prep_save(value, connection)
 
 
+#: Columns of a persisted message, in the order both insert paths use.
+_COLUMNS = (
+    "id",
+    "conversation_id",
+    "sender_id",
+    "content",
+    "payload_key",
+    "seq",
+    "idempotency_key",
+    "correlation_id",
+    "priority",
+    "created_at",
+)
+#: Their PostgreSQL types, for ``unnest`` of one array per column.
+_PG_TYPES = ("uuid", "uuid", "integer", "text", "text", "bigint", "text", "text", "text", "timestamptz")
+
+
+def _row(e: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        UUID(e["message_id"]),
+        UUID(e["conversation_id"]),
+        e["sender_id"],
+        e.get("content", ""),
+        e.get("payload_key", ""),
+        int(e["seq"]),
+        e["idempotency_key"],
+        e.get("correlation_id", ""),
+        e.get("priority", Priority.NORMAL),
+        _from_ms(int(e["created_at"])),
+    )
+
+
+def _insert_postgresql(cursor: Any, rows: list[tuple[Any, ...]]) -> list[UUID]:
+    """One statement: the messages (one array per column, so the statement stays small
+    whatever the batch size) and, for the rows really inserted, SENT receipts."""
+    message_table = Message._meta.db_table
+    receipt_table = MessageReceipt._meta.db_table
+    participants = Conversation.participants.through._meta.db_table
+    arrays = ", ".join(f"%s::{t}[]" for t in _PG_TYPES)
+    cursor.execute(
+        f"WITH inserted AS ("
+        f"  INSERT INTO {message_table} ({', '.join(_COLUMNS)}) SELECT * FROM unnest({arrays})"
+        f"  ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, conversation_id, sender_id"
+        f"), receipts AS ("
+        f"  INSERT INTO {receipt_table} (message_id, user_id, state)"
+        f"  SELECT i.id, p.user_id, %s FROM inserted i"
+        f"  JOIN {participants} p ON p.conversation_id = i.conversation_id AND p.user_id <> i.sender_id"
+        f"  ON CONFLICT (message_id, user_id, state) DO NOTHING"
+        f") SELECT id FROM inserted",
+        [list(column) for column in zip(*rows, strict=True)] + [str(ReceiptState.SENT)],
+    )
+    return [row[0] for row in cursor.fetchall()]
+
+
+def _insert_portable(cursor: Any, rows: list[tuple[Any, ...]]) -> list[UUID]:
+    """The same for other databases (SQLite in the quick start): two statements."""
+    message_table = Message._meta.db_table
+    fields = ["id", "conversation", "sender", "content", "payload_key", "seq", "idempotency_key",
+              "correlation_id", "priority", "created_at"]  # fmt: skip
+    params = [_prep(Message, f, v) for row in rows for f, v in zip(fields, row, strict=True)]
+    one = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
+    cursor.execute(
+        f"INSERT INTO {message_table} ({', '.join(_COLUMNS)}) VALUES {', '.join([one] * len(rows))} "
+        "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+        params,
+    )
+    inserted = [UUID(str(row[0])) for row in cursor.fetchall()]
+    if inserted:
+        receipt_table = MessageReceipt._meta.db_table
+        participants = Conversation.participants.through._meta.db_table
+        marks = ", ".join(["%s"] * len(inserted))
+        cursor.execute(
+            f"INSERT INTO {receipt_table} (message_id, user_id, state) "
+            f"SELECT m.id, p.user_id, %s FROM {message_table} m "
+            f"JOIN {participants} p ON p.conversation_id = m.conversation_id "
+            f"WHERE m.id IN ({marks}) AND p.user_id <> m.sender_id "
+            "ON CONFLICT (message_id, user_id, state) DO NOTHING",
+            [ReceiptState.SENT, *(_prep(Message, "id", i) for i in inserted)],
+        )
+    return inserted
+
+
 def _persist(envelopes: list[dict[str, Any]]) -> PersistOutcome:
     if not envelopes:
         return PersistOutcome(0, 0)
-    table = Message._meta.db_table
-    columns = [
-        "id",
-        "conversation_id",
-        "sender_id",
-        "content",
-        "payload_key",
-        "seq",
-        "idempotency_key",
-        "correlation_id",
-        "priority",
-        "created_at",
-    ]
-    rows: list[Any] = []
-    for e in envelopes:
-        rows.extend(
-            [
-                _prep(Message, "id", UUID(e["message_id"])),
-                _prep(Message, "conversation", UUID(e["conversation_id"])),
-                e["sender_id"],
-                e.get("content", ""),
-                e.get("payload_key", ""),
-                int(e["seq"]),
-                e["idempotency_key"],
-                e.get("correlation_id", ""),
-                e.get("priority", Priority.NORMAL),
-                _prep(Message, "created_at", _from_ms(int(e["created_at"]))),
-            ]
-        )
-    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(envelopes))
-    by_prepped_id = {_prep(Message, "id", UUID(e["message_id"])): e for e in envelopes}
+    rows = [_row(e) for e in envelopes]
+    insert = _insert_postgresql if connection.vendor == "postgresql" else _insert_portable
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES {placeholders} "
-            "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-            rows,
-        )
-        inserted = [row[0] for row in cursor.fetchall()]
-        inserted_keys = {str(i) for i in inserted}
-        skipped = [e for pid, e in by_prepped_id.items() if str(pid) not in inserted_keys]
-        if skipped:
+        inserted = insert(cursor, rows)
+        if len(inserted) < len(rows):
+            done = set(inserted)
+            skipped = [e for e, row in zip(envelopes, rows, strict=True) if row[0] not in done]
             holders = dict(
                 Message.objects.filter(
                     idempotency_key__in=[e["idempotency_key"] for e in skipped]
                 ).values_list("idempotency_key", "id")
             )
             for e in skipped:
-                if str(holders.get(e["idempotency_key"])) != str(UUID(e["message_id"])):
+                if holders.get(e["idempotency_key"]) != UUID(e["message_id"]):
                     raise IdempotencyKeyConflict(
                         f"message {e['message_id']} carries key {e['idempotency_key']!r}, "
                         f"already used by message {holders.get(e['idempotency_key'])}"
                     )
-        if inserted:
-            receipts = MessageReceipt._meta.db_table
-            participants = Conversation.participants.through._meta.db_table
-            marks = ", ".join(["%s"] * len(inserted))
-            cursor.execute(
-                f"INSERT INTO {receipts} (message_id, user_id, state) "
-                f"SELECT m.id, p.user_id, %s FROM {table} m "
-                f"JOIN {participants} p ON p.conversation_id = m.conversation_id "
-                f"WHERE m.id IN ({marks}) AND p.user_id <> m.sender_id "
-                "ON CONFLICT (message_id, user_id, state) DO NOTHING",
-                [ReceiptState.SENT, *inserted],
-            )
     duplicates = len(envelopes) - len(inserted)
     if duplicates:
         metrics.IDEMPOTENCY_HIT.labels("persistence", "db").inc(duplicates)

@@ -54,6 +54,7 @@ class Config:
     inline_payload_max_bytes: int
     max_content_bytes: int
     throttle_user_rate: str | None
+    enable_benchmark_views: bool
     log_json: bool
     log_level: str
 
@@ -159,6 +160,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         inline_payload_max_bytes=inline,
         max_content_bytes=max_content,
         throttle_user_rate=_throttle(env),
+        enable_benchmark_views=_bool(env, "ENABLE_BENCHMARK_VIEWS", False),
         log_json=_bool(env, "LOG_JSON", True),
         log_level=log_level,
     )

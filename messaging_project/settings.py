@@ -150,6 +150,8 @@ IDEMPOTENCY_WINDOW_MS = CONFIG.idempotency_window_ms
 IDEMPOTENCY_TTL_MS = CONFIG.idempotency_ttl_ms
 INLINE_PAYLOAD_MAX_BYTES = CONFIG.inline_payload_max_bytes
 MAX_CONTENT_BYTES = CONFIG.max_content_bytes
+#: Serves the bare baseline view that ``manage.py benchmark ingress`` compares against.
+ENABLE_BENCHMARK_VIEWS = CONFIG.enable_benchmark_views
 # The request body may hold the content JSON-escaped (up to 6 bytes a byte) plus the other fields.
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, CONFIG.max_content_bytes * 6 + 65_536)
 

@@ -1,5 +1,6 @@
 """URL wiring: the API, health checks, metrics, schema and admin."""
 
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -15,3 +16,8 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("", include("django_prometheus.urls")),
 ]
+
+if settings.ENABLE_BENCHMARK_VIEWS:
+    from delivery.api.views import BareMessageApi
+
+    urlpatterns.append(path("bench/bare", BareMessageApi.as_view(), name="bench-bare"))

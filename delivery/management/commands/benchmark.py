@@ -1,0 +1,69 @@
+"""``manage.py benchmark SCENARIO [--messages N] [--json]``: our figures beside a baseline
+measured in the same run (see docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from delivery import benchmarks
+
+SCENARIOS = ("broker", "persist", "ingress", "e2e", "takeover")
+
+#: Default message counts per scenario.
+DEFAULT_MESSAGES = {"broker": 20_000, "persist": 50_000, "e2e": 5_000}
+
+
+class Command(BaseCommand):
+    help = "Measure a scenario (broker, persist, ingress, e2e, takeover, or all) against its baseline."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
+        parser.add_argument("--messages", type=int, default=None, help="messages per round")
+        parser.add_argument("--rounds", type=int, default=3, help="rounds (medians are reported)")
+        parser.add_argument("--threads", type=int, default=8, help="producer and worker threads")
+        parser.add_argument("--batch-size", type=int, default=100, help="persist: messages per transaction")
+        parser.add_argument("--seconds", type=int, default=10, help="ingress: seconds per measurement")
+        parser.add_argument("--rate", type=float, default=1000.0, help="e2e: offered messages per second")
+        parser.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            benchmarks.check_services()
+        except benchmarks.BenchmarkError as error:
+            raise CommandError(str(error)) from None
+        scenarios = SCENARIOS if options["scenario"] == "all" else (options["scenario"],)
+        results = []
+        for scenario in scenarios:
+            try:
+                report = self.run(scenario, options)
+            except benchmarks.BenchmarkError as error:
+                raise CommandError(f"{scenario}: {error}") from None
+            self.progress("")
+            for key, value in report.figures.items():
+                self.stdout.write(f"{scenario:>9} {key:<26} {value}")
+            results.append(report.as_dict())
+        if options["json"]:
+            self.stdout.write(json.dumps(results[0] if len(results) == 1 else {"scenarios": results}))
+
+    def run(self, scenario: str, options: dict[str, Any]) -> benchmarks.Report:
+        messages = options["messages"] or DEFAULT_MESSAGES.get(scenario, 0)
+        rounds, threads = options["rounds"], options["threads"]
+        if scenario == "broker":
+            return benchmarks.run_broker(messages, rounds, threads, self.progress)
+        if scenario == "persist":
+            return benchmarks.run_persist(messages, rounds, threads, options["batch_size"], self.progress)
+        if scenario == "ingress":
+            return benchmarks.run_ingress(options["seconds"], rounds, self.progress)
+        if scenario == "e2e":
+            return benchmarks.run_e2e(messages, options["rate"], self.progress)
+        return benchmarks.run_takeover(rounds, self.progress)
+
+    def progress(self, text: str) -> None:
+        """A one-line progress display on a terminal (nothing otherwise)."""
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\r\033[K{text}")
+            sys.stderr.flush()
