@@ -139,17 +139,14 @@ def _ingest(
     data = content.encode()
     if len(data) > settings.MAX_CONTENT_BYTES:
         raise PayloadTooLarge(f"content is {len(data)} bytes; the limit is {settings.MAX_CONTENT_BYTES}")
-    if not Conversation.objects.filter(pk=conversation_id, participants=sender).exists():
-        raise NotFound("conversation not found")
     fingerprint = _fingerprint(conversation_id, priority, data)
     message_id = str(uuid7())
     if client_key:
         key = f"c:{sender.pk}:{client_key}"
         ttl_ms = settings.IDEMPOTENCY_TTL_MS
         db_key = key
-        # Fast path: the key's record in Redis (kept for a day); slow path: the database,
-        # for keys older than that. The enqueue below deduplicates atomically either way
-        # (two requests racing past these checks get one message).
+        # Fast path: the key's record in Redis (kept for a day). The fingerprint covers the
+        # conversation, so a repeat aimed at another conversation is refused there too.
         try:
             remembered = get_broker().idempotency_record(MESSAGES_QUEUE, key, partition_key=conversation_id)
         except BrokerConnectionError:
@@ -158,10 +155,14 @@ def _ingest(
             ) from None
         if remembered is not None:
             return _replay(remembered, fingerprint, conversation_id, correlation_id)
-        existing = Message.objects.filter(idempotency_key=key).first()
-        if existing is not None:
-            return _replay_persisted(existing, fingerprint)
+        # Slow path, in the same query as the participant check: keys older than the
+        # Redis record are found in the database. The enqueue below deduplicates
+        # atomically either way (two requests racing past these checks get one message).
+        existing_id = _check_sender(conversation_id, sender, key)
+        if existing_id is not None:
+            return _replay_persisted(Message.objects.get(pk=existing_id), fingerprint)
     else:
+        _check_sender(conversation_id, sender, None)
         digest = hashlib.sha256(f"{conversation_id}\n{sender.pk}\n".encode() + data).hexdigest()[:40]
         key = f"d:{sender.pk}:{digest}"
         # The window is measured from the first send: the record expires that long after it.
@@ -227,6 +228,23 @@ def _ingest(
         correlation_id=correlation_id,
         created_at=_from_ms(created_ms),
     )
+
+
+def _check_sender(conversation_id: str, sender: User, key: str | None) -> Any:
+    """Raise NotFound unless ``sender`` takes part in the conversation; return the id of
+    the persisted message holding ``key``, if any. One round trip and no ORM query
+    compilation: this runs on every POST."""
+    participants = Conversation.participants.through._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {participants} WHERE conversation_id = %s AND user_id = %s), "
+            f"(SELECT id FROM {Message._meta.db_table} WHERE idempotency_key = %s)",
+            [_prep(Conversation, "id", UUID(conversation_id)), sender.pk, key],
+        )
+        is_participant, existing_id = cursor.fetchone()
+    if not is_participant:
+        raise NotFound("conversation not found")
+    return existing_id
 
 
 def _replay(

@@ -1,0 +1,84 @@
+"""``manage.py benchmark``: each scenario runs small and prints sane figures (not a speed test)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from delivery.models import Conversation, Message
+from tests.conftest import ROOT, python_subprocess
+
+pytestmark = pytest.mark.acceptance
+
+SMOKE = {
+    "broker": ["--messages", "300", "--rounds", "1", "--threads", "4"],
+    "persist": ["--messages", "400", "--rounds", "1", "--threads", "4"],
+    "ingress": ["--seconds", "1", "--rounds", "1"],
+    "e2e": ["--messages", "100", "--rate", "100"],
+    "takeover": ["--rounds", "1"],
+}
+
+EXPECTED_KEYS = {
+    "broker": {"enqueue_per_s", "consume_per_s", "baseline_enqueue_per_s", "baseline_consume_per_s",
+               "enqueue_ratio", "consume_ratio"},
+    "persist": {"persist_per_s", "baseline_per_s", "ratio"},
+    "ingress": {"ingress_per_s", "baseline_per_s", "ratio", "p50_ms", "p99_ms"},
+    "e2e": {"offered_per_s", "achieved_per_s", "p50_ms", "p95_ms", "p99_ms"},
+    "takeover": {"takeover_s"},
+}  # fmt: skip
+
+
+def run_benchmark(scenario: str, redis_url: str) -> dict[str, Any]:
+    db = connection.settings_dict
+    env = {
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "REDIS_URL": redis_url,
+        "DJANGO_SETTINGS_MODULE": "messaging_project.settings",
+        "LOG_LEVEL": "WARNING",
+    }
+    process = python_subprocess(
+        str(ROOT / "manage.py"), "benchmark", scenario, *SMOKE[scenario], "--json",
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err.decode()[-3000:]
+    return dict(json.loads(out.decode().strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("scenario", list(SMOKE))
+def test_benchmark_scenario_prints_sane_figures_and_cleans_up(
+    scenario, transactional_db, redis_client, redis_url
+):
+    report = run_benchmark(scenario, redis_url)
+
+    assert report["scenario"] == scenario
+    assert EXPECTED_KEYS[scenario] <= set(report)
+    for key in EXPECTED_KEYS[scenario]:
+        assert isinstance(report[key], (int, float)) and report[key] >= 0, (key, report[key])
+    assert report["method"] and report["versions"]["redis"]
+    if scenario == "takeover":
+        assert 0 < report["takeover_s"] < 30
+    elif scenario == "broker":
+        assert report["enqueue_per_s"] > 0 and report["consume_per_s"] > 0
+    elif "ratio" in report:
+        assert report["ratio"] > 0
+    # it removed what it made
+    assert Conversation.objects.count() == 0 and Message.objects.count() == 0
+    assert redis_client.keys("*bench-*") == []
+
+
+def test_benchmark_says_clearly_when_redis_is_unreachable(transactional_db):
+    db = connection.settings_dict
+    process = python_subprocess(
+        str(ROOT / "manage.py"), "benchmark", "broker",
+        env={"DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+             "REDIS_URL": "redis://127.0.0.1:1/0", "DJANGO_SETTINGS_MODULE": "messaging_project.settings"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    _, err = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert b"Redis at redis://127.0.0.1:1/0 is not reachable" in err
