@@ -251,6 +251,17 @@ def _envelope(sender: User, conversation_id: str) -> dict[str, Any]:
     }
 
 
+def _persist_message(sender: User, conversation_id: str) -> dramatiq.Message[Any]:
+    """A message for the persist actor, sent as ingress sends it (partitioned, numbered)."""
+    return dramatiq.Message(
+        queue_name=MESSAGES_QUEUE,
+        actor_name=actors.persist_messages.actor_name,
+        args=(_envelope(sender, conversation_id),),
+        kwargs={},
+        options={"partition_key": conversation_id, "sequence_key": conversation_id},
+    )
+
+
 def _count(conversations: list[str]) -> int:
     return Message.objects.filter(conversation_id__in=conversations).count()
 
@@ -273,16 +284,7 @@ def _persist_round(
     before = _count(conversations)
     try:
         for i in range(messages):
-            conversation_id = conversations[i % len(conversations)]
-            broker.enqueue(
-                dramatiq.Message(
-                    queue_name=MESSAGES_QUEUE,
-                    actor_name=actors.persist_messages.actor_name,
-                    args=(_envelope(sender, conversation_id),),
-                    kwargs={},
-                    options={"partition_key": conversation_id, "sequence_key": conversation_id},
-                )
-            )
+            broker.enqueue(_persist_message(sender, conversations[i % len(conversations)]))
         worker = Worker(broker, worker_threads=threads)
         cpu0, started = _cpu_self(), time.perf_counter()
         worker.start()
@@ -652,16 +654,7 @@ def run_takeover(rounds: int, progress: Progress) -> Report:
             def trickle(target: RedisStreamsBroker = producer, halt: threading.Event = stop) -> None:
                 i = 0
                 while not halt.is_set():
-                    conversation_id = conversations[i % len(conversations)]
-                    target.enqueue(
-                        dramatiq.Message(
-                            queue_name=MESSAGES_QUEUE,
-                            actor_name=actors.persist_messages.actor_name,
-                            args=(_envelope(sender, conversation_id),),
-                            kwargs={},
-                            options={"partition_key": conversation_id, "sequence_key": conversation_id},
-                        )
-                    )
+                    target.enqueue(_persist_message(sender, conversations[i % len(conversations)]))
                     i += 1
                     halt.wait(0.002)
 
