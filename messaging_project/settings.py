@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -99,6 +100,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# WhiteNoise serves STATIC_ROOT (filled by collectstatic) and warns when it is missing.
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 MEDIA_ROOT = VAR_DIR / "media"
 STORAGES = {
     # Offloaded message payloads; point "payloads" at S3 with django-storages
@@ -154,6 +157,9 @@ MAX_CONTENT_BYTES = CONFIG.max_content_bytes
 ENABLE_BENCHMARK_VIEWS = CONFIG.enable_benchmark_views
 # The request body may hold the content JSON-escaped (up to 6 bytes a byte) plus the other fields.
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, CONFIG.max_content_bytes * 6 + 65_536)
+
+# Python warnings go through logging too, so every line a process writes is JSON.
+logging.captureWarnings(True)
 
 LOGGING: dict[str, Any] = {
     "version": 1,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.models import User
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -45,10 +45,12 @@ def _correlation_id(request: Request) -> str:
 class ConversationListCreateApi(APIView):
     """List the caller's conversations, or start one (the caller takes part)."""
 
+    @extend_schema_serializer(component_name="ConversationCreateInput")
     class InputSerializer(serializers.Serializer):
         participants = serializers.ListField(child=StrictCharField(max_length=150), max_length=1000)
         title = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
 
+    @extend_schema_serializer(component_name="Conversation")
     class OutputSerializer(serializers.Serializer):
         id = serializers.UUIDField()
         participants = serializers.SerializerMethodField()
@@ -79,6 +81,7 @@ class ConversationListCreateApi(APIView):
 class MessageCreateApi(APIView):
     """Accept a message: 202 after a durable, idempotent enqueue; 200 for a repeat."""
 
+    @extend_schema_serializer(component_name="MessageCreateInput")
     class InputSerializer(serializers.Serializer):
         conversation_id = serializers.UUIDField()
         content = StrictCharField(trim_whitespace=False)
@@ -90,6 +93,7 @@ class MessageCreateApi(APIView):
                 raise serializers.ValidationError("content must not be empty")
             return value
 
+    @extend_schema_serializer(component_name="MessageAck")
     class OutputSerializer(serializers.Serializer):
         message_id = serializers.UUIDField()
         conversation_id = serializers.UUIDField()
@@ -133,6 +137,7 @@ class MessageCreateApi(APIView):
 class MessageDetailApi(APIView):
     """One message in whatever state it is: pending, persisted or dead-lettered."""
 
+    @extend_schema_serializer(component_name="MessageDetail")
     class OutputSerializer(serializers.Serializer):
         message_id = serializers.UUIDField()
         conversation_id = serializers.UUIDField()
@@ -166,6 +171,7 @@ class ConversationMessagesApi(APIView):
         after_seq = serializers.IntegerField(required=False, default=0, min_value=0)
         limit = serializers.IntegerField(required=False, default=100, min_value=1, max_value=MAX_PAGE_SIZE)
 
+    @extend_schema_serializer(component_name="ConversationMessage")
     class MessageSerializer(serializers.Serializer):
         message_id = serializers.UUIDField(source="pk")
         conversation_id = serializers.UUIDField()
@@ -222,6 +228,7 @@ class ConversationMessagesApi(APIView):
 class ReceiptCreateApi(APIView):
     """A recipient records ``delivered`` or ``read``: 201 when new, 200 when a no-op."""
 
+    @extend_schema_serializer(component_name="ReceiptCreateInput")
     class InputSerializer(serializers.Serializer):
         state = serializers.ChoiceField(choices=[ReceiptState.DELIVERED, ReceiptState.READ])
 

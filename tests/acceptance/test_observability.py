@@ -25,6 +25,13 @@ DUPLICATES = 10
 POISON = 2
 
 
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
 def scrape(port: int, path: str = "/metrics") -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """Sample name -> {sorted labels: value}, summed over any duplicates."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -109,7 +116,9 @@ def test_metrics_and_logs_report_a_known_workload(
     for service in (api, workers):
         lines = [line for line in service.log_lines() if line.strip()]
         assert lines, f"{service.name} logged nothing"
-        records = [json.loads(line) for line in lines]  # every line is JSON
+        not_json = [line for line in lines if not _is_json_object(line)]
+        assert not_json == [], f"{service.name} logged lines that are not JSON"
+        records = [json.loads(line) for line in lines]
         assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
     persisted = [json.loads(line) for line in workers.log_lines() if "Persisted message" in line]
     traced = [r for r in persisted if r.get("correlation_id") == f"corr-{POISON + 3}"]
