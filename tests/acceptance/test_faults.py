@@ -51,20 +51,23 @@ def test_sigkilled_worker_processes_lose_nothing_and_keep_order(stack, services)
     gen = LoadGenerator(port, stack.token)
     load = _run_load(gen, stack.plan())
 
+    def restarts() -> int:
+        return sum("restarting it" in line for line in workers.log_lines())
+
     for kill in range(3):
         wait_for(lambda k=kill: _persisted() >= 300 * (k + 1), timeout=120, what="progress before a kill")
         victim = random.choice(wait_for(workers.children, timeout=30, what="worker processes"))
         os.kill(victim, signal.SIGKILL)
+        # the next kill aims at a live process, not at this one before it is reaped
+        wait_for(
+            lambda k=kill: restarts() >= k + 1, timeout=30, what="runworkers to restart the killed process"
+        )
     load.join(timeout=300)
     assert len(gen.acks) == CONVERSATIONS * PER_CONVERSATION
     harness.wait_until_persisted(len(gen.acks))
     harness.assert_every_ack_persisted_once_in_order(gen.acks)
     _no_dead_letters()
-    wait_for(
-        lambda: sum("restarting it" in line for line in workers.log_lines()) >= 3,
-        timeout=30,
-        what="runworkers to log and restart every killed process",
-    )
+    assert restarts() == 3
 
 
 def test_graceful_restart_of_all_workers_loses_nothing(stack, services):
