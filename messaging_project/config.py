@@ -54,6 +54,8 @@ class Config:
     inline_payload_max_bytes: int
     max_content_bytes: int
     throttle_user_rate: str | None
+    payload_storage: str
+    payload_s3_bucket: str
     enable_benchmark_views: bool
     log_json: bool
     log_level: str
@@ -128,6 +130,23 @@ def _throttle(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+def _payload_storage(env: Mapping[str, str]) -> tuple[str, str]:
+    kind = env.get("PAYLOAD_STORAGE", "filesystem").strip().lower() or "filesystem"
+    if kind not in {"filesystem", "s3"}:
+        raise ConfigError("PAYLOAD_STORAGE", kind, "filesystem or s3")
+    bucket = env.get("PAYLOAD_S3_BUCKET", "").strip()
+    if kind == "s3":
+        if not bucket:
+            raise ConfigError("PAYLOAD_S3_BUCKET", bucket, "the bucket name (PAYLOAD_STORAGE=s3)")
+        try:
+            import storages.backends.s3  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "PAYLOAD_STORAGE", kind, "django-storages installed: pip install 'delivery-backbone[s3]'"
+            ) from None
+    return kind, bucket
+
+
 def load_config(env: Mapping[str, str] | None = None) -> Config:
     """Parse and validate the configuration from ``env`` (default: ``os.environ``)."""
     env = os.environ if env is None else env
@@ -136,6 +155,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
     if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError("LOG_LEVEL", log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    payload_storage, payload_s3_bucket = _payload_storage(env)
     namespace = env.get("STREAM_NAMESPACE", "delivery").strip()
     if not namespace or any(c in namespace for c in "{}: "):
         raise ConfigError("STREAM_NAMESPACE", namespace, "a non-empty name without braces, colons or spaces")
@@ -160,6 +180,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         inline_payload_max_bytes=inline,
         max_content_bytes=max_content,
         throttle_user_rate=_throttle(env),
+        payload_storage=payload_storage,
+        payload_s3_bucket=payload_s3_bucket,
         enable_benchmark_views=_bool(env, "ENABLE_BENCHMARK_VIEWS", False),
         log_json=_bool(env, "LOG_JSON", True),
         log_level=log_level,

@@ -104,8 +104,7 @@ STATIC_ROOT = VAR_DIR / "static"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 MEDIA_ROOT = VAR_DIR / "media"
 STORAGES = {
-    # Offloaded message payloads; point "payloads" at S3 with django-storages
-    # ("storages.backends.s3.S3Storage") in production.
+    # Offloaded message payloads: the filesystem, or S3 with PAYLOAD_STORAGE=s3.
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "payloads": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
@@ -113,6 +112,11 @@ STORAGES = {
     },
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+if CONFIG.payload_storage == "s3":  # credentials: the usual AWS_* variables, read by boto3
+    STORAGES["payloads"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {"bucket_name": CONFIG.payload_s3_bucket, "location": "payloads"},
+    }
 
 REST_FRAMEWORK: dict[str, Any] = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
