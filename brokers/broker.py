@@ -28,7 +28,14 @@ from redis.cluster import RedisCluster
 
 from brokers import metrics
 from brokers.coalesce import Coalescer
-from brokers.consumer import QueueState, StreamConsumer, StreamEntry
+from brokers.consumer import (
+    DEFAULT_DELAY_CHECK_MS,
+    DEFAULT_FETCH_COUNT,
+    DEFAULT_IDLE_POLL_MAX_MS,
+    QueueState,
+    StreamConsumer,
+    StreamEntry,
+)
 from brokers.errors import DeadLetterNotFound
 from brokers.keys import PartitionKeys, members_key, partition_for, partition_keys
 from brokers.leases import LeaseCoordinator
@@ -173,9 +180,9 @@ class RedisStreamsBroker(Broker):
         heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS,
         idempotency_ttl_ms: int = DEFAULT_IDEMPOTENCY_TTL_MS,
         poll_interval_ms: int = DEFAULT_POLL_INTERVAL_MS,
-        fetch_count: int = 10,
-        idle_poll_max_ms: int = 20,
-        delay_check_ms: int = 250,
+        fetch_count: int = DEFAULT_FETCH_COUNT,
+        idle_poll_max_ms: int = DEFAULT_IDLE_POLL_MAX_MS,
+        delay_check_ms: int = DEFAULT_DELAY_CHECK_MS,
         sequence_floor: Callable[[str], int] | None = None,
     ) -> None:
         if middleware is None:
