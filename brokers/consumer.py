@@ -240,7 +240,8 @@ class StreamConsumer(Consumer):
                     block_ms = 0
                     if self.broker.can_block and self.state.in_flight == 0:
                         until = min([deadline, *(p.next_fetch_at for p in fetchable)])
-                        block_ms = max(1, int((until - now) * 1000))
+                        # STREAM_POLL_INTERVAL_MS bounds one blocking read.
+                        block_ms = max(1, min(int((until - now) * 1000), self.broker.poll_interval_ms))
                     if self._read_new(fetchable, block_ms):
                         self._read_gap_s = 0.0
                     else:
