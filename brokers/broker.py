@@ -59,6 +59,9 @@ DEFAULT_IDEMPOTENCY_TTL_MS = 86_400_000
 #: Longest single blocking read of idle partitions, in milliseconds.
 DEFAULT_POLL_INTERVAL_MS = 5000
 
+#: Default lifetime of a message's view (``view_key`` option), in milliseconds.
+DEFAULT_VIEW_TTL_MS = 86_400_000
+
 #: Most characters of an error message kept with a dead letter.
 ERROR_LIMIT_CHARS = 2000
 
@@ -286,6 +289,11 @@ class RedisStreamsBroker(Broker):
         Returns the message with ``options["seq"]`` (when ``sequence_key`` was given),
         ``options["partition"]`` and ``options["stream_id"]``; for a repeat of an
         ``idempotency_key``, the *original* message with ``options["idempotent_hit"]``.
+
+        With option ``view_key``, the same script also stores the message and its ``seq``
+        under that key (for ``view_ttl_ms``, default a day), so it can be looked up by
+        :meth:`message_view` while in flight; a successful ack deletes it, a dead letter
+        keeps it. On a Redis Cluster the key must share the partition's hash tag.
         """
         if delay is not None and delay < 0:
             raise ValueError("delay must not be negative")
@@ -300,11 +308,20 @@ class RedisStreamsBroker(Broker):
         # The idempotency record keeps the message without its arguments: a repeat gets the
         # original id, options and seq, and Redis does not hold every payload for a day.
         record = message.copy(args=(), kwargs={}).encode() if idempotency_key else b""
+        view_key = options.get("view_key")
+        view_ttl = int(options.get("view_ttl_ms") or DEFAULT_VIEW_TTL_MS) if view_key else 0
+        if view_key and self.is_cluster:
+            cluster = cast(RedisCluster, self.client)
+            if cluster.keyslot(str(view_key)) != cluster.keyslot(keys.stream):
+                raise ValueError(
+                    f"view_key {view_key!r} must share the partition's hash tag on a Redis Cluster"
+                )
         script_keys = [
             keys.stream,
             keys.delayed,
             keys.idempotency(str(idempotency_key or "")),
             keys.sequence(str(sequence_key or "")),
+            str(view_key) if view_key else keys.stream,
         ]
         floor = ""
         try:
@@ -317,6 +334,7 @@ class RedisStreamsBroker(Broker):
                     floor,
                     "1" if self.sequence_floor else "0",
                     int(delay or 0),
+                    view_ttl,
                 ]
                 result = self._enqueues.call((self.scripts.enqueue, script_keys, args))
                 if int(result[0]) != 2:
@@ -347,6 +365,20 @@ class RedisStreamsBroker(Broker):
         if _text(stream_id):
             options["stream_id"] = _text(stream_id)
         return Message.decode(record).copy(options=options)
+
+    def message_view(self, view_key: str) -> Message[Any] | None:
+        """The message stored under ``view_key`` at enqueue (with ``options["seq"]``),
+        if it is still in flight (or dead-lettered and not expired), else None."""
+        try:
+            encoded, seq = self.client.hmget(view_key, ["m", "seq"])
+        except redis.ConnectionError as error:
+            raise ConnectionClosed(error) from None
+        if encoded is None:
+            return None
+        message = Message.decode(cast(bytes, encoded))
+        if _text(seq or b""):
+            message.options["seq"] = int(_text(seq))
+        return message
 
     def idempotency_record(
         self, queue_name: str, idempotency_key: str, *, partition_key: str | None = None
@@ -537,12 +569,25 @@ class RedisStreamsBroker(Broker):
                 result[by_stream[_text(stream)]] = [_entry(raw, 0) for raw in raw_entries]
         return result
 
-    def ack_many(self, queue_name: str, ids_by_partition: dict[int, list[str]]) -> None:
-        """Ack and delete processed entries of several partitions (one round trip where possible)."""
+    def ack_many(
+        self,
+        queue_name: str,
+        ids_by_partition: dict[int, list[str]],
+        views_by_partition: dict[int, list[str]] | None = None,
+    ) -> None:
+        """Ack and delete processed entries of several partitions (one round trip where
+        possible), and delete the views of their messages (``view_key`` option)."""
+        views_by_partition = views_by_partition or {}
         calls = []
         for partition, ids in ids_by_partition.items():
             keys = self.keys(queue_name, partition)
-            calls.append((self.scripts.ack, [keys.stream, keys.state], [queue_name, self.fetch_count, *ids]))
+            calls.append(
+                (
+                    self.scripts.ack,
+                    [keys.stream, keys.state, *views_by_partition.get(partition, ())],
+                    [queue_name, self.fetch_count, *ids],
+                )
+            )
         self._run(calls)
 
     def lease_many(self, queue_name: str, partitions: list[int], action: str) -> list[int]:

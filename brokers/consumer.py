@@ -93,6 +93,8 @@ class QueueState:
         self.in_flight = 0
         #: Entry ids processed successfully, per partition, not yet acked in Redis.
         self.unacked: dict[int, list[str]] = {}
+        #: Views (``view_key`` option) of those messages, deleted with the ack.
+        self.unacked_views: dict[int, list[str]] = {}
         self.ack_ready = threading.Event()
         self._flush_lock = threading.Lock()
         self._acker: threading.Thread | None = None
@@ -108,16 +110,18 @@ class QueueState:
         with self._flush_lock:
             with self.lock:
                 batch = {p: list(ids) for p, ids in self.unacked.items() if ids}
+                views = {p: list(keys) for p, keys in self.unacked_views.items() if keys}
             if not batch:
                 return
-            broker.ack_many(self.queue_name, batch)
+            broker.ack_many(self.queue_name, batch, views)
             with self.lock:
-                for p, ids in batch.items():
-                    rest = self.unacked.get(p, [])[len(ids) :]
-                    if rest:
-                        self.unacked[p] = rest
-                    else:
-                        self.unacked.pop(p, None)
+                for written, pending in ((batch, self.unacked), (views, self.unacked_views)):
+                    for p, items in written.items():
+                        rest = pending.get(p, [])[len(items) :]
+                        if rest:
+                            pending[p] = rest
+                        else:
+                            pending.pop(p, None)
         self.wakeup.set()
 
     def start_acker(self, broker: RedisStreamsBroker) -> None:
@@ -282,8 +286,15 @@ class StreamConsumer(Consumer):
                 self._finish(message, retry_in_s=delay / 1000, transient=not message.count_attempt)
                 metrics.CONSUMER_PROCESSED.labels(label, "retry").inc()
             else:
+                views = [
+                    str(entry.message.options["view_key"])
+                    for entry in message.entries
+                    if entry.message is not None and entry.message.options.get("view_key")
+                ]
                 with self.state.lock:
                     self.state.unacked.setdefault(partition, []).extend(ids)
+                    if views:
+                        self.state.unacked_views.setdefault(partition, []).extend(views)
                 self._finish(message)
                 self.state.ack_ready.set()
                 metrics.CONSUMER_PROCESSED.labels(label, "success").inc(len(ids))

@@ -3,7 +3,6 @@ conversation and its messages; everyone else gets "not found", so existence does
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -15,6 +14,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.storage import storages
 from django.db.models import QuerySet
+from dramatiq.errors import BrokerConnectionError
 
 from delivery.errors import NotFound
 from delivery.models import Conversation, DeadLetter, DeadLetterStatus, Message, MessageReceipt
@@ -32,12 +32,19 @@ def pending_key(message_id: str) -> str:
 
 
 def pending_record(message_id: str) -> dict[str, Any] | None:
-    """The view of an acknowledged message that is not persisted yet, if any."""
+    """The envelope (with ``seq``) of an acknowledged message that is not persisted yet.
+
+    The enqueue script stores it (``view_key``) and the ack of its persistence deletes it.
+    """
+    from delivery.queue import get_broker
+
     try:
-        raw = redis_client().get(pending_key(message_id))
-    except redis.RedisError:
+        message = get_broker().message_view(pending_key(message_id))
+    except (redis.RedisError, BrokerConnectionError):
         return None
-    return json.loads(raw) if raw else None
+    if message is None or not message.args:
+        return None
+    return {**message.args[0], "seq": message.options.get("seq")}
 
 
 def conversation_list(*, user: User) -> QuerySet[Conversation]:

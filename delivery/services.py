@@ -6,7 +6,6 @@ Views, actors, the admin and commands call these; none of them holds business ru
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from delivery.models import (
     ReceiptState,
 )
 from delivery.queue import MESSAGES_QUEUE, get_broker
-from delivery.selectors import message_state, pending_key, pending_record, redis_client
+from delivery.selectors import message_state, pending_key, pending_record
 
 logger = logging.getLogger(__name__)
 
@@ -145,19 +144,10 @@ def _ingest(
         key = f"c:{sender.pk}:{client_key}"
         ttl_ms = settings.IDEMPOTENCY_TTL_MS
         db_key = key
-        # Fast path: the key's record in Redis (kept for a day). The fingerprint covers the
-        # conversation, so a repeat aimed at another conversation is refused there too.
-        try:
-            remembered = get_broker().idempotency_record(MESSAGES_QUEUE, key, partition_key=conversation_id)
-        except BrokerConnectionError:
-            raise ServiceUnavailable(
-                "the message queue is unreachable; nothing was accepted, retry later"
-            ) from None
-        if remembered is not None:
-            return _replay(remembered, fingerprint, conversation_id, correlation_id)
-        # Slow path, in the same query as the participant check: keys older than the
-        # Redis record are found in the database. The enqueue below deduplicates
-        # atomically either way (two requests racing past these checks get one message).
+        # Slow path, in the same query as the participant check: a key whose Redis record
+        # is gone (older than a day, or Redis lost it) is found in the database. The fast
+        # path is the enqueue script below, which answers a repeat from the key's record
+        # (kept for a day) atomically with the enqueue: two requests racing get one message.
         existing_id = _check_sender(conversation_id, sender, key)
         if existing_id is not None:
             return _replay_persisted(Message.objects.get(pk=existing_id), fingerprint)
@@ -199,6 +189,9 @@ def _ingest(
             "fingerprint": fingerprint if client_key else "",
             "created_at": created_ms,
             "correlation_id": correlation_id,
+            # The pending view, written by the enqueue script, deleted with the ack.
+            "view_key": pending_key(message_id),
+            "view_ttl_ms": PENDING_RECORD_TTL_S * 1000,
         },
         message_id=message_id,
     )
@@ -213,12 +206,6 @@ def _ingest(
     if sent.options.get("idempotent_hit"):
         return _replay(sent, fingerprint if client_key else "", conversation_id, correlation_id)
     seq = int(sent.options["seq"])
-    try:
-        redis_client().set(
-            pending_key(message_id), json.dumps({**envelope, "seq": seq}), ex=PENDING_RECORD_TTL_S
-        )
-    except redis.RedisError as error:  # the message is enqueued; only its pending view is missing
-        logger.warning("Could not store the pending view of %s: %s", message_id, error)
     return IngestResult(
         message_id=message_id,
         conversation_id=conversation_id,
@@ -299,7 +286,7 @@ def messages_persist(*, envelopes: list[dict[str, Any]]) -> PersistOutcome:
 
     One multi-row ``INSERT … ON CONFLICT (idempotency_key) DO NOTHING RETURNING``;
     rows already there are idempotent hits, not errors. SENT receipts for the
-    recipients are written in the same transaction.
+    recipients are written by the same statement.
 
     Raises:
       IdempotencyKeyConflict: a *different* message already holds an envelope's key.
@@ -404,30 +391,34 @@ def _persist(envelopes: list[dict[str, Any]]) -> PersistOutcome:
     if not envelopes:
         return PersistOutcome(0, 0)
     rows = [_row(e) for e in envelopes]
-    insert = _insert_postgresql if connection.vendor == "postgresql" else _insert_portable
-    with transaction.atomic(), connection.cursor() as cursor:
-        inserted = insert(cursor, rows)
-        if len(inserted) < len(rows):
-            done = set(inserted)
-            skipped = [e for e, row in zip(envelopes, rows, strict=True) if row[0] not in done]
-            holders = dict(
-                Message.objects.filter(
-                    idempotency_key__in=[e["idempotency_key"] for e in skipped]
-                ).values_list("idempotency_key", "id")
+    if connection.vendor == "postgresql":
+        # One statement is atomic on its own: one round trip, no BEGIN and COMMIT.
+        with connection.cursor() as cursor:
+            inserted = _insert_postgresql(cursor, rows)
+    else:
+        with transaction.atomic(), connection.cursor() as cursor:
+            inserted = _insert_portable(cursor, rows)
+    if len(inserted) < len(rows):
+        # Rows already there are repeats of the same messages (hits), unless another
+        # message holds the key: then the batch fails (the rows it inserted are kept and
+        # count as hits when it is split and retried) and that message is dead-lettered.
+        done = set(inserted)
+        skipped = [e for e, row in zip(envelopes, rows, strict=True) if row[0] not in done]
+        holders = dict(
+            Message.objects.filter(idempotency_key__in=[e["idempotency_key"] for e in skipped]).values_list(
+                "idempotency_key", "id"
             )
-            for e in skipped:
-                if holders.get(e["idempotency_key"]) != UUID(e["message_id"]):
-                    raise IdempotencyKeyConflict(
-                        f"message {e['message_id']} carries key {e['idempotency_key']!r}, "
-                        f"already used by message {holders.get(e['idempotency_key'])}"
-                    )
+        )
+        for e in skipped:
+            if holders.get(e["idempotency_key"]) != UUID(e["message_id"]):
+                raise IdempotencyKeyConflict(
+                    f"message {e['message_id']} carries key {e['idempotency_key']!r}, "
+                    f"already used by message {holders.get(e['idempotency_key'])}"
+                )
     duplicates = len(envelopes) - len(inserted)
     if duplicates:
         metrics.IDEMPOTENCY_HIT.labels("persistence", "db").inc(duplicates)
-    try:
-        redis_client().delete(*(pending_key(e["message_id"]) for e in envelopes))
-    except redis.RedisError as error:  # the pending view expires on its own
-        logger.warning("Could not drop pending views: %s", error)
+    # The pending views are deleted with the ack (the ``view_key`` option).
     return PersistOutcome(inserted=len(inserted), duplicates=duplicates)
 
 

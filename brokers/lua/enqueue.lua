@@ -1,7 +1,8 @@
 -- Enqueue one message atomically: deduplicate, number, then add to the stream (or the
 -- partition's delay set). Either all of it happens or none of it does.
 --
--- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] idempotency hash, KEYS[4] sequence counter
+-- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] idempotency hash, KEYS[4] sequence counter,
+-- KEYS[5] the message's view (a hash: encoded message and seq; unused when ARGV[8] is 0)
 -- ARGV[1] encoded message
 -- ARGV[2] the idempotency record (the message without its arguments)
 -- ARGV[3] idempotency ttl in ms (0: no deduplication)
@@ -9,6 +10,7 @@
 -- ARGV[5] sequence floor used when the counter does not exist ("" : none given)
 -- ARGV[6] "1" when a missing counter must be seeded by the caller (returns {2})
 -- ARGV[7] delay in ms (0: enqueue now)
+-- ARGV[8] lifetime of the view in ms (0: no view)
 -- Returns {0, stream id, seq} for a new message, {1, original message, seq, stream id}
 -- for a duplicate, {2} when the caller must supply a sequence floor.
 local ttl = tonumber(ARGV[3])
@@ -44,5 +46,10 @@ end
 if ttl > 0 then
   redis.call('HSET', KEYS[3], 'm', ARGV[2], 'seq', seq, 'id', id)
   redis.call('PEXPIRE', KEYS[3], ttl)
+end
+local view_ttl = tonumber(ARGV[8])
+if view_ttl > 0 then
+  redis.call('HSET', KEYS[5], 'm', ARGV[1], 'seq', seq)
+  redis.call('PEXPIRE', KEYS[5], view_ttl)
 end
 return {0, id, seq}

@@ -138,6 +138,29 @@ def test_message_is_dead_lettered_after_its_last_attempt_and_its_partition_moves
     assert dead.message is not None and dead.message.message_id == sent[1].message_id
 
 
+def test_view_key_is_written_with_the_enqueue_and_deleted_with_the_ack_not_the_dead_letter(
+    broker, start_worker, redis_client
+):
+    @dramatiq.actor(broker=broker, queue_name="q", throws=(ValueError,))
+    def work(i: int) -> None:
+        if i == 1:
+            raise ValueError("poison")
+
+    for i in range(3):
+        work.send_with_options(args=(i,), partition_key="k", sequence_key="k", view_key=f"view:{i}")
+    views = [broker.message_view(f"view:{i}") for i in range(3)]
+    assert [(v.args, v.options["seq"]) for v in views if v is not None] == [((0,), 1), ((1,), 2), ((2,), 3)]
+    assert 0 < redis_client.pttl("view:0") <= 86_400_000
+
+    start_worker()
+    broker.join("q", timeout=10_000)
+
+    assert broker.message_view("view:0") is None and broker.message_view("view:2") is None
+    dead = broker.message_view("view:1")
+    assert dead is not None and dead.args == (1,)
+    assert [d.message.message_id for d in broker.dead_letters("q") if d.message] == [dead.message_id]
+
+
 def test_attempt_count_is_durable_across_broker_restarts(make_broker, redis_url):
     first = make_broker()
     calls: list[int] = []

@@ -240,3 +240,6 @@ def test_order_holds_on_a_three_master_redis_cluster(redis_cluster: list[RedisSe
         worker.stop()
         broker.close()
     assert dict(seen) == {key: list(range(20)) for key in KEYS[:8]}
+    # a message's view must live in its partition's slot, where the enqueue script runs
+    with pytest.raises(ValueError, match="hash tag"):
+        record.send_with_options(args=("a", 0), partition_key="a", view_key="view:elsewhere")

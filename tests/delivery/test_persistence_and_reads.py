@@ -11,7 +11,7 @@ from django.db import IntegrityError, connection, transaction
 from django.test import override_settings
 from rest_framework.test import APIClient
 
-from delivery import services
+from delivery import selectors, services
 from delivery.models import Conversation, DeadLetter, Message, MessageReceipt, ReceiptState
 from tests.conftest import wait_for
 from tests.delivery.conftest import client_for, make_user
@@ -34,6 +34,7 @@ def test_happy_path_message_goes_from_pending_to_persisted_with_sent_receipts(
     pending = api.get(f"/api/v1/messages/{ack['message_id']}")
     assert pending.status_code == 200 and pending.json()["state"] == "pending"
     assert pending.json()["content"] == "hello bob" and pending.json()["persisted_at"] is None
+    assert pending.json()["seq"] == ack["seq"] == 1
 
     run_worker()
     project_broker.join("messages", timeout=10_000)
@@ -48,6 +49,7 @@ def test_happy_path_message_goes_from_pending_to_persisted_with_sent_receipts(
     row = Message.objects.get(pk=ack["message_id"])
     assert row.idempotency_key == f"c:{row.sender_id}:c1" and row.correlation_id == ack["correlation_id"]
     assert all(s.length == 0 for s in project_broker.partition_stats("messages"))
+    assert selectors.pending_record(ack["message_id"]) is None  # deleted with the ack
 
 
 def test_conversation_rows_are_complete_unique_and_persisted_in_seq_order(
