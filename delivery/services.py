@@ -10,6 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 from uuid import UUID
 
@@ -20,7 +21,7 @@ from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 from dramatiq.errors import BrokerConnectionError
 from uuid_utils.compat import uuid7
@@ -221,17 +222,35 @@ def _check_sender(conversation_id: str, sender: User, key: str | None) -> Any:
     """Raise NotFound unless ``sender`` takes part in the conversation; return the id of
     the persisted message holding ``key``, if any. One round trip and no ORM query
     compilation: this runs on every POST."""
-    participants = Conversation.participants.through._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT EXISTS (SELECT 1 FROM {participants} WHERE conversation_id = %s AND user_id = %s), "
-            f"(SELECT id FROM {Message._meta.db_table} WHERE idempotency_key = %s)",
-            [_prep(Conversation, "id", UUID(conversation_id)), sender.pk, key],
-        )
-        is_participant, existing_id = cursor.fetchone()
+    params = [_prep(Conversation, "id", UUID(conversation_id)), sender.pk, key]
+    try:
+        is_participant, existing_id = _sender_check_row(params)
+    except (OperationalError, InterfaceError):
+        # A persistent connection broken since the last request (the database restarted):
+        # reconnect once instead of pinging the database before every request.
+        if connection.in_atomic_block:
+            raise
+        connection.close()
+        is_participant, existing_id = _sender_check_row(params)
     if not is_participant:
         raise NotFound("conversation not found")
     return existing_id
+
+
+@cache
+def _sender_check_sql() -> str:
+    participants = Conversation.participants.through._meta.db_table
+    return (
+        f"SELECT EXISTS (SELECT 1 FROM {participants} WHERE conversation_id = %s AND user_id = %s), "
+        f"(SELECT id FROM {Message._meta.db_table} WHERE idempotency_key = %s)"
+    )
+
+
+def _sender_check_row(params: list[Any]) -> tuple[bool, Any]:
+    with connection.cursor() as cursor:
+        cursor.execute(_sender_check_sql(), params)
+        row = cursor.fetchone()
+    return bool(row[0]), row[1]
 
 
 def _replay(

@@ -81,7 +81,9 @@ def _database() -> dict[str, Any]:
             "timeout": 30,
         }
     else:
-        db["CONN_HEALTH_CHECKS"] = True
+        # No health check (a "SELECT 1" round trip before every request's first query):
+        # ingress reconnects once on a broken connection, other views answer 503 once.
+        db["CONN_HEALTH_CHECKS"] = False
         db.setdefault("OPTIONS", {})["connect_timeout"] = 5
     return db
 

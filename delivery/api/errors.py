@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
+from django.db import InterfaceError, OperationalError, connection
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -20,6 +21,17 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         answer = Response(body, status=exc.status_code)
         if isinstance(exc, ServiceUnavailable):
             answer["Retry-After"] = str(exc.retry_after_s)
+        return answer
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        # The database is unreachable, or this persistent connection broke (a restart):
+        # drop it now, so the next request reconnects.
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
+        answer = Response(
+            {"detail": "the database is unreachable; retry later", "code": ServiceUnavailable.code},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+        answer["Retry-After"] = str(ServiceUnavailable.retry_after_s)
         return answer
     if isinstance(exc, Http404):
         return Response({"detail": "not found", "code": "not_found"}, status=status.HTTP_404_NOT_FOUND)

@@ -21,6 +21,9 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 200
 #: Largest page of ``GET /conversations/{id}/messages``.
 MAX_PAGE_SIZE = 500
 
+#: Renders datetimes as every serializer here does (ISO 8601, "Z" for UTC).
+_DATETIME = serializers.DateTimeField()
+
 
 class StrictCharField(serializers.CharField):
     """A CharField that refuses numbers, booleans and the like instead of converting them."""
@@ -131,7 +134,18 @@ class MessageCreateApi(APIView):
             correlation_id=_correlation_id(request),
         )
         answer = status.HTTP_200_OK if result.idempotent_hit else status.HTTP_202_ACCEPTED
-        return Response(self.OutputSerializer(result).data, status=answer)
+        # The OutputSerializer's fields, written directly: building a serializer (a deep
+        # copy of its fields) cost a tenth of this hot path. The schema still comes from it.
+        body = {
+            "message_id": result.message_id,
+            "conversation_id": result.conversation_id,
+            "seq": result.seq,
+            "state": result.state,
+            "idempotent_hit": result.idempotent_hit,
+            "correlation_id": result.correlation_id,
+            "created_at": _DATETIME.to_representation(result.created_at),
+        }
+        return Response(body, status=answer)
 
 
 class MessageDetailApi(APIView):

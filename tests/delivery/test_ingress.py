@@ -226,3 +226,38 @@ def test_anonymous_requests_are_refused(conversation):
     response = APIClient().post(URL, {"conversation_id": str(conversation.pk), "content": "x"}, format="json")
     assert response.status_code in (401, 403)
     assert "detail" in response.json()
+
+
+def _break_database_connection() -> None:
+    """Terminate this process's database session from another one (a database restart,
+    as a persistent connection sees it)."""
+    import psycopg
+
+    connection.ensure_connection()
+    pid = connection.connection.info.backend_pid
+    s = connection.settings_dict
+    with psycopg.connect(
+        dbname=s["NAME"], user=s["USER"], host=s["HOST"], port=s["PORT"] or 5432, autocommit=True
+    ) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+def test_post_reconnects_once_when_its_database_connection_broke(api, conversation):
+    body = {"conversation_id": str(conversation.pk), "content": "before"}
+    assert post(api, body).status_code == 202
+    _break_database_connection()
+
+    response = post(api, {**body, "content": "after"})
+
+    assert response.status_code == 202, response.content
+    assert response.json()["seq"] == 2
+
+
+def test_other_views_answer_503_once_on_a_broken_database_connection_then_reconnect(api, conversation):
+    _break_database_connection()
+
+    broken = api.get("/api/v1/conversations")
+    assert broken.status_code == 503 and broken["Retry-After"] == "1"
+    assert broken.json()["code"] == "service_unavailable"
+    again = api.get("/api/v1/conversations")
+    assert again.status_code == 200 and [c["id"] for c in again.json()] == [str(conversation.pk)]
