@@ -8,7 +8,6 @@ and removes them afterwards, so it can run beside a live service.
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import resource
 import shutil
@@ -31,6 +30,7 @@ import redis
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection
+from django.db.models import Max
 from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
 from rest_framework.authtoken.models import Token
@@ -113,6 +113,12 @@ def _cpu_of(pid: int) -> float:
         return 0.0
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / ticks
+
+
+def _cpu_of_tree(pid: int) -> float:
+    """CPU seconds of a live process and its live children."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return _cpu_of(pid) + sum(_cpu_of(int(c)) for c in children)
 
 
 def _median(values: list[float]) -> float:
@@ -286,14 +292,17 @@ def _persist_round(
         for i in range(messages):
             broker.enqueue(_persist_message(sender, conversations[i % len(conversations)]))
         worker = Worker(broker, worker_threads=threads)
-        cpu0, started = _cpu_self(), time.perf_counter()
+        cpu0, started = _cpu_self(), time.time()
         worker.start()
         deadline = time.monotonic() + 600
+        # Polled slowly (counting rows costs the database); the end is the last row's time.
         while _count(conversations) < before + messages:
             if time.monotonic() > deadline:
                 raise BenchmarkError("persistence did not finish within 10 minutes")
-            time.sleep(0.05)
-        elapsed, cpu = time.perf_counter() - started, _cpu_self() - cpu0
+            time.sleep(0.25)
+        cpu = _cpu_self() - cpu0
+        last = Message.objects.filter(conversation_id__in=conversations).aggregate(last=Max("persisted_at"))
+        elapsed = last["last"].timestamp() - started
         worker.stop()
         broker.close()
     finally:
@@ -408,10 +417,49 @@ def _get_ok(port: int, path: str) -> bool:
         return False
 
 
-def _wrk_script(path: Path, token: str, conversations: list[str], url: str) -> None:
+#: LuaJIT's FFI gives wrk's scripts a wall clock (wrk itself offers none).
+_WRK_CLOCK = r"""
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clk_id, bench_timespec *tp);
+]]
+local ts = ffi.new("bench_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(0, ts)  -- CLOCK_REALTIME, comparable with the database's now()
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+"""
+
+
+def _wrk_script(
+    path: Path, token: str, conversations: list[str], url: str, rate: float = 0.0, threads: int = 2
+) -> None:
+    """A wrk script POSTing messages round-robin over ``conversations``, each with its own
+    Idempotency-Key and its send time (epoch ms) in the content. With ``rate``, requests
+    are paced to that many per second in all (each thread keeps a fixed schedule: a slow
+    answer delays only its own connection, not the schedule)."""
     ids = ", ".join(f'"{c}"' for c in conversations)
-    path.write_text(
+    interval_ms = threads * 1000.0 / rate if rate > 0 else 0.0
+    pacing = (
         f"""
+local interval = {interval_ms}
+local next_at = nil
+delay = function()
+  local now = now_ms()
+  if next_at == nil or next_at < now - 1000 then next_at = now end
+  local slot = next_at
+  next_at = next_at + interval
+  return math.max(0, math.floor(slot - now))
+end
+"""
+        if rate > 0
+        else ""
+    )
+    path.write_text(
+        _WRK_CLOCK
+        + pacing
+        + f"""
 local conversations = {{{ids}}}
 local counter = 0
 local thread_id = 0
@@ -421,7 +469,7 @@ request = function()
   counter = counter + 1
   local conversation = conversations[(counter % #conversations) + 1]
   local key = string.format("%d-%d-%d", id, counter, math.random(1, 1000000000))
-  local body = '{{"conversation_id": "' .. conversation .. '", "content": "benchmark ' .. counter .. '"}}'
+  local body = string.format('{{"conversation_id": "%s", "content": "sent-at %.3f"}}', conversation, now_ms())
   return wrk.format("POST", "{url}", {{["Content-Type"] = "application/json",
     ["Authorization"] = "Token {token}", ["Idempotency-Key"] = key}}, body)
 end
@@ -429,21 +477,25 @@ end
     )
 
 
-def _wrk(port: int, script: Path, seconds: int, connections: int) -> dict[str, float]:
+def _wrk(port: int, script: Path, seconds: float, connections: int, threads: int = 2) -> dict[str, float]:
     binary = shutil.which("wrk")
     if binary is None:
-        raise BenchmarkError("the ingress benchmark needs wrk: apt-get install wrk")
+        raise BenchmarkError("the ingress and e2e benchmarks need wrk: apt-get install wrk")
+    duration = f"{max(1, round(seconds))}s"
     out = subprocess.run(
-        [binary, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}"],
+        [binary, f"-t{threads}", f"-c{connections}", f"-d{duration}", "--latency", "-s", str(script),
+         f"http://127.0.0.1:{port}"],
         capture_output=True, text=True, timeout=seconds + 60, check=True,
     ).stdout  # fmt: skip
-    figures: dict[str, float] = {}
+    figures: dict[str, float] = {"errors": 0.0}
     for line in out.splitlines():
         parts = line.split()
         if line.startswith("Requests/sec:"):
             figures["per_s"] = float(parts[1])
-        elif len(parts) == 2 and parts[0] in {"50%", "99%"}:
+        elif len(parts) == 2 and parts[0] in {"50%", "90%", "99%"}:
             figures[f"p{parts[0][:-1]}_ms"] = _ms(parts[1])
+        elif "requests in" in line:
+            figures["requests"] = float(parts[0])
         elif "Non-2xx or 3xx responses" in line:
             figures["errors"] = float(parts[-1])
     return figures
@@ -454,70 +506,6 @@ def _ms(text: str) -> float:
         if text.endswith(unit):
             return float(text[: -len(unit)]) * factor
     return float(text)
-
-
-@dataclass
-class OpenLoop:
-    """Sends POSTs at a fixed offered rate, whatever the answers' latency (open loop)."""
-
-    port: int
-    token: str
-    conversations: list[str]
-    rate: float
-    count: int
-    path: str = "/api/v1/messages"
-    sent_at: dict[str, float] = field(default_factory=dict)
-    latencies_ms: list[float] = field(default_factory=list)
-    failures: int = 0
-
-    def run(self, connections: int = 32) -> float:
-        """Returns the achieved acknowledged rate."""
-        next_slot = [0]
-        lock = threading.Lock()
-        start = time.perf_counter() + 0.2
-
-        def sender() -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-            while True:
-                with lock:
-                    slot = next_slot[0]
-                    next_slot[0] += 1
-                if slot >= self.count:
-                    return
-                due = start + slot / self.rate
-                delay = due - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-                conversation = self.conversations[slot % len(self.conversations)]
-                body = json.dumps({"conversation_id": conversation, "content": f"e2e {slot}"})
-                headers = {"Content-Type": "application/json", "Authorization": f"Token {self.token}",
-                           "Idempotency-Key": uuid.uuid4().hex}  # fmt: skip
-                sent = time.time()
-                try:
-                    conn.request("POST", self.path, body, headers)
-                    response = conn.getresponse()
-                    data = response.read()
-                except (OSError, http.client.HTTPException):
-                    conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                    with lock:
-                        self.failures += 1
-                    continue
-                latency = (time.time() - sent) * 1000
-                with lock:
-                    if response.status in (200, 202):
-                        self.latencies_ms.append(latency)
-                        if data and self.path == "/api/v1/messages":
-                            self.sent_at[json.loads(data)["message_id"]] = sent
-                    else:
-                        self.failures += 1
-
-        threads = [threading.Thread(target=sender) for _ in range(connections)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return len(self.latencies_ms) / max(1e-9, time.perf_counter() - start)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -538,8 +526,8 @@ def run_ingress(seconds: int, rounds: int, progress: Progress) -> Report:
         "rounds": rounds,
         "seconds_per_run": seconds,
         "server": "gunicorn, 2 sync workers, same settings for both",
-        "load": "wrk -t2 -c16 (closed loop) for the maximum rate; then an open-loop client at 70% of our "
-        "maximum for latency",
+        "load": "wrk -t2 -c16 (closed loop) for the maximum rate; then wrk -t2 -c16 paced to 70% of our "
+        "maximum (a fixed schedule per thread) for latency",
         "what": "POST /api/v1/messages with token auth, an Idempotency-Key per request, participant check "
         "and the atomic enqueue; baseline: a bare DRF view validating the same body and answering 202",
     }
@@ -557,25 +545,27 @@ def run_ingress(seconds: int, rounds: int, progress: Progress) -> Report:
                         progress(f"ingress round {r + 1}/{rounds}: {name}")
                         script = Path(folder) / f"{name}.lua"
                         _wrk_script(script, token, conversations, url)
-                        cpu0 = _cpu_of(server.pid)
+                        cpu0 = _cpu_of_tree(server.pid)
                         result = _wrk(port, script, seconds, 16)
-                        result["server_cpu_s"] = _cpu_of(server.pid) - cpu0
+                        result["server_cpu_s"] = _cpu_of_tree(server.pid) - cpu0
                         results.append(result)
                         report.rounds.append({"system": name, **result})
                 best = _median([o["per_s"] for o in ours])
                 progress("ingress: latency at 70% of the maximum rate")
-                loop = OpenLoop(port, token, conversations, rate=0.7 * best, count=int(0.7 * best * seconds))
-                achieved = loop.run()
+                script = Path(folder) / "paced.lua"
+                _wrk_script(script, token, conversations, "/api/v1/messages", rate=0.7 * best)
+                paced = _wrk(port, script, seconds, 16)
+                report.rounds.append({"system": "ours at 70%", **paced})
     finally:
         _drop_namespace(namespace)
     report.figures = {
         "ingress_per_s": round(_median([o["per_s"] for o in ours])),
         "baseline_per_s": round(_median([b["per_s"] for b in base])),
         "ratio": round(_median([o["per_s"] for o in ours]) / _median([b["per_s"] for b in base]), 2),
-        "p50_ms": round(_percentile(loop.latencies_ms, 0.50), 2),
-        "p99_ms": round(_percentile(loop.latencies_ms, 0.99), 2),
+        "p50_ms": round(paced.get("p50_ms", 0.0), 2),
+        "p99_ms": round(paced.get("p99_ms", 0.0), 2),
         "offered_per_s": round(0.7 * best),
-        "achieved_per_s": round(achieved),
+        "achieved_per_s": round(paced.get("per_s", 0.0)),
         "closed_loop_p99_ms": round(_median([o.get("p99_ms", 0.0) for o in ours]), 2),
     }
     return report
@@ -588,45 +578,55 @@ def run_e2e(messages: int, rate: float, progress: Progress) -> Report:
     report = Report("e2e")
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     env = _env(STREAM_NAMESPACE=namespace)
+    seconds = max(1.0, messages / rate)
     report.method = {
         "messages": messages,
         "offered_per_s": rate,
-        "what": "an open-loop client POSTs at a fixed rate through gunicorn (2 sync workers); runworkers "
-        "(2 processes) persists; latency = database persisted_at minus the client's send time",
+        "seconds": round(seconds),
+        "what": "wrk -t2 -c64 paced to the offered rate (a fixed schedule per thread) POSTs through gunicorn "
+        "(2 sync workers); runworkers (2 processes, 8 threads) persists; latency = the row's persisted_at "
+        "(database clock) minus the send time the client wrote into the message",
     }
     try:
         with bench_conversations() as (sender, conversations), api_server(env) as (port, server):
             token = Token.objects.create(user=sender).key
-            with run_workers(env) as workers:
-                progress(f"e2e: {messages} messages at {rate:.0f}/s")
-                loop = OpenLoop(port, token, conversations, rate=rate, count=messages)
-                cpu0 = (_cpu_of(server.pid), _cpu_self())
-                started = time.perf_counter()
-                achieved = loop.run()
+            with run_workers(env) as workers, tempfile.TemporaryDirectory() as folder:
+                progress(f"e2e: {rate:.0f}/s for {seconds:.0f} s")
+                script = Path(folder) / "e2e.lua"
+                _wrk_script(script, token, conversations, "/api/v1/messages", rate=rate)
+                time.sleep(1)  # the workers lease their partitions
+                cpu0 = (_cpu_of_tree(server.pid), _cpu_of_tree(workers.pid))
+                started = time.time()
+                result = _wrk(port, script, seconds, 64)
+                acknowledged = int(result.get("requests", 0) - result["errors"])
                 deadline = time.monotonic() + 300
-                while _count(conversations) < len(loop.sent_at):
+                while _count(conversations) < acknowledged:
                     if time.monotonic() > deadline:
                         raise BenchmarkError("messages were not all persisted within 5 minutes")
-                    time.sleep(0.05)
-                elapsed = time.perf_counter() - started
-                rows = Message.objects.filter(pk__in=list(loop.sent_at)).values_list("pk", "persisted_at")
-                latencies = [(p.timestamp() - loop.sent_at[str(pk)]) * 1000 for pk, p in rows]
+                    time.sleep(0.2)
                 report.method["cpu_s"] = {
-                    "api_server": round(_cpu_of(server.pid) - cpu0[0], 2),
-                    "workers": round(_cpu_of(workers.pid), 2),
-                    "client": round(_cpu_self() - cpu0[1], 2),
+                    "api_server": round(_cpu_of_tree(server.pid) - cpu0[0], 2),
+                    "workers": round(_cpu_of_tree(workers.pid) - cpu0[1], 2),
                 }
+                rows = list(
+                    Message.objects.filter(conversation_id__in=conversations).values_list(
+                        "content", "persisted_at"
+                    )
+                )
     finally:
         _drop_namespace(namespace)
+    latencies = [p.timestamp() * 1000 - float(c.split()[1]) for c, p in rows if c.startswith("sent-at ")]
+    last = max((p.timestamp() for _, p in rows), default=started)
     report.figures = {
         "offered_per_s": round(rate),
         # acknowledged POSTs per second while sending; everything is persisted by the end
-        "achieved_per_s": round(achieved),
-        "drained_after_s": round(elapsed, 2),
+        "achieved_per_s": round(acknowledged / seconds),
+        "persisted": len(rows),
+        "drained_after_s": round(last - started, 2),
         "p50_ms": round(_percentile(latencies, 0.50), 2),
         "p95_ms": round(_percentile(latencies, 0.95), 2),
         "p99_ms": round(_percentile(latencies, 0.99), 2),
-        "failed_posts": loop.failures,
+        "failed_posts": int(result["errors"]),
     }
     return report
 

@@ -7,6 +7,7 @@ imported anywhere, and emptied at start so counters do not carry over a restart.
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from pathlib import Path
@@ -42,3 +43,9 @@ def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker: Any) -> None:
+    # The loaded application's objects live as long as the worker: moving them out of the
+    # collector's generations keeps full collections (latency spikes) short.
+    gc.freeze()
