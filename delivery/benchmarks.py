@@ -378,7 +378,7 @@ def api_server(env: dict[str, str], workers: int = 2) -> Iterator[tuple[int, sub
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while not _get_ok(port, "/healthz"):
+        while not answers_ok(port, "/healthz"):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise BenchmarkError("the API server did not start")
             time.sleep(0.1)
@@ -408,7 +408,8 @@ def run_workers(
             process.wait()
 
 
-def _get_ok(port: int, path: str) -> bool:
+def answers_ok(port: int, path: str) -> bool:
+    """Whether a local HTTP server answers ``GET path`` with 200."""
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         conn.request("GET", path)

@@ -18,6 +18,7 @@ from dramatiq.errors import BrokerConnectionError
 
 from delivery.errors import NotFound
 from delivery.models import Conversation, DeadLetter, DeadLetterStatus, Message, MessageReceipt
+from delivery.queue import get_broker
 
 
 @cache
@@ -36,8 +37,6 @@ def pending_record(message_id: str) -> dict[str, Any] | None:
 
     The enqueue script stores it (``view_key``) and the ack of its persistence deletes it.
     """
-    from delivery.queue import get_broker
-
     try:
         message = get_broker().message_view(pending_key(message_id))
     except (redis.RedisError, BrokerConnectionError):

@@ -23,6 +23,7 @@ from typing import Any
 
 from django.db import connection
 
+from delivery.benchmarks import answers_ok
 from tests.conftest import ROOT, free_port, python_subprocess, wait_for
 
 
@@ -103,7 +104,7 @@ def api_server(env: dict[str, str], log_dir: Path, *, workers: int = 2) -> tuple
         log_dir,
     )
     service.start()
-    wait_for(lambda: _answers(port, "/healthz"), timeout=60, what="the API server")
+    wait_for(lambda: answers_ok(port, "/healthz"), timeout=60, what="the API server")
     return service, port
 
 
@@ -125,15 +126,6 @@ def workers(env: dict[str, str], log_dir: Path, *, processes: int = 2, threads: 
     )
     service.start()
     return service
-
-
-def _answers(port: int, path: str) -> bool:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        conn.request("GET", path)
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
 
 
 @dataclass
