@@ -539,9 +539,22 @@ class RedisStreamsBroker(Broker):
         return out
 
     def read_new(
-        self, queue_name: str, partitions: list[int], count: int, block_ms: int
+        self,
+        queue_name: str,
+        partitions: list[int],
+        count: int,
+        block_ms: int,
+        *,
+        acks: tuple[dict[int, list[str]], dict[int, list[str]]] | None = None,
     ) -> dict[int, list[StreamEntry]]:
-        """Read never-delivered entries of ``partitions`` (blocking up to ``block_ms``)."""
+        """Read never-delivered entries of ``partitions`` (blocking up to ``block_ms``).
+
+        ``acks`` (ids and views by partition, as :meth:`ack_many` takes them) are written
+        first, in the same round trip; they are written when this returns.
+        """
+        if acks is not None and self.is_cluster:
+            self.ack_many(queue_name, *acks)
+            acks = None
         if self.is_cluster:
             got: dict[int, list[StreamEntry]] = {}
             for partition, fetched in zip(partitions, self.fetch(queue_name, partitions, count), strict=True):
@@ -549,14 +562,26 @@ class RedisStreamsBroker(Broker):
                     got[partition] = fetched[3]
             return got
         by_stream = {self.keys(queue_name, p).stream: p for p in partitions}
+        streams: dict[Any, Any] = dict.fromkeys(by_stream, ">")
         try:
-            reply = self.client.xreadgroup(
-                queue_name,
-                self.consumer_name,
-                dict.fromkeys(by_stream, ">"),
-                count=count,
-                block=block_ms or None,
-            )
+            if acks is None:
+                reply = self.client.xreadgroup(
+                    queue_name, self.consumer_name, streams, count=count, block=block_ms or None
+                )
+            else:
+                calls = self._ack_calls(queue_name, *acks)
+                pipe = self.client.pipeline(transaction=False)
+                for script, keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                pipe.xreadgroup(queue_name, self.consumer_name, streams, count=count, block=block_ms or None)
+                *acked, reply = pipe.execute(raise_on_error=False)
+                for answer, (script, keys, args) in zip(acked, calls, strict=True):
+                    if isinstance(answer, redis.exceptions.NoScriptError):
+                        script(keys=keys, args=args)  # Redis restarted: load it, ack again
+                    elif isinstance(answer, Exception):
+                        raise answer
+                if isinstance(reply, Exception):
+                    raise reply
         except redis.ResponseError as error:
             if "NOGROUP" in str(error):
                 self._groups_ready.discard(queue_name)
@@ -577,18 +602,22 @@ class RedisStreamsBroker(Broker):
     ) -> None:
         """Ack and delete processed entries of several partitions (one round trip where
         possible), and delete the views of their messages (``view_key`` option)."""
-        views_by_partition = views_by_partition or {}
+        self._run(self._ack_calls(queue_name, ids_by_partition, views_by_partition or {}))
+
+    def _ack_calls(
+        self, queue_name: str, ids_by_partition: dict[int, list[str]], views: dict[int, list[str]]
+    ) -> list[tuple[Script, list[str], list[Any]]]:
         calls = []
         for partition, ids in ids_by_partition.items():
             keys = self.keys(queue_name, partition)
             calls.append(
                 (
                     self.scripts.ack,
-                    [keys.stream, keys.state, *views_by_partition.get(partition, ())],
+                    [keys.stream, keys.state, *views.get(partition, ())],
                     [queue_name, self.fetch_count, *ids],
                 )
             )
-        self._run(calls)
+        return calls
 
     def lease_many(self, queue_name: str, partitions: list[int], action: str) -> list[int]:
         """Acquire/renew or release the leases of ``partitions``; 1 where held/released."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from brokers import metrics
 from brokers.retries import REASON_DECODE_ERROR, REASON_FAILED, REASON_UNKNOWN_ACTOR
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
     from brokers.broker import RedisStreamsBroker
 
@@ -39,6 +40,13 @@ DEFAULT_DELAY_CHECK_MS = 250
 
 #: Entries fetched ahead per partition (they wait in a local buffer, pending in Redis).
 DEFAULT_FETCH_COUNT = 10
+
+#: How long the acker thread lets deferred acks gather before writing them, in seconds.
+#: A crash loses at most this much more acks (their messages run again, in order).
+ACK_LINGER_S = 0.005
+
+#: Shortest pause, in seconds, before a non-blocking read follows one that returned entries.
+FIRST_POLL_GAP_S = 0.001
 
 
 @dataclass(slots=True)
@@ -108,21 +116,46 @@ class QueueState:
     def flush_acks(self, broker: RedisStreamsBroker) -> None:
         """Write every deferred ack now (one round trip on a single node)."""
         with self._flush_lock:
-            with self.lock:
-                batch = {p: list(ids) for p, ids in self.unacked.items() if ids}
-                views = {p: list(keys) for p, keys in self.unacked_views.items() if keys}
+            batch, views = self._deferred()
             if not batch:
                 return
             broker.ack_many(self.queue_name, batch, views)
-            with self.lock:
-                for written, pending in ((batch, self.unacked), (views, self.unacked_views)):
-                    for p, items in written.items():
-                        rest = pending.get(p, [])[len(items) :]
-                        if rest:
-                            pending[p] = rest
-                        else:
-                            pending.pop(p, None)
+            self._written(batch, views)
         self.wakeup.set()
+
+    @contextmanager
+    def acks_to_send(self) -> Iterator[tuple[dict[int, list[str]], dict[int, list[str]]] | None]:
+        """The deferred acks, for a caller that sends them in a round trip of its own
+        (the consumer, ahead of its blocking read); None when there are none or another
+        thread is writing them. They count as written when the block exits normally."""
+        if not self._flush_lock.acquire(blocking=False):
+            yield None
+            return
+        try:
+            batch, views = self._deferred()
+            if not batch:
+                yield None
+                return
+            yield batch, views
+            self._written(batch, views)
+        finally:
+            self._flush_lock.release()
+
+    def _deferred(self) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+        with self.lock:
+            batch = {p: list(ids) for p, ids in self.unacked.items() if ids}
+            views = {p: list(keys) for p, keys in self.unacked_views.items() if keys}
+        return batch, views
+
+    def _written(self, batch: dict[int, list[str]], views: dict[int, list[str]]) -> None:
+        with self.lock:
+            for written, pending in ((batch, self.unacked), (views, self.unacked_views)):
+                for p, items in written.items():
+                    rest = pending.get(p, [])[len(items) :]
+                    if rest:
+                        pending[p] = rest
+                    else:
+                        pending.pop(p, None)
 
     def start_acker(self, broker: RedisStreamsBroker) -> None:
         """Start the thread that writes deferred acks (once)."""
@@ -151,7 +184,10 @@ class QueueState:
     def _ack_loop(self, broker: RedisStreamsBroker) -> None:
         logger = get_logger(__name__, type(self))
         while not self._stop.is_set():
-            self.ack_ready.wait(0.5)
+            if self.ack_ready.wait(0.5):
+                # Linger: an idle consumer sends the acks ahead of its next blocking read
+                # (no round trip of their own); a busy one gets more partitions per write.
+                self._stop.wait(ACK_LINGER_S)
             self.ack_ready.clear()
             try:
                 self.flush_acks(broker)
@@ -240,14 +276,18 @@ class StreamConsumer(Consumer):
                 if due:
                     self._fetch(due)
                     continue
-                if fetchable and now >= self._next_read_at:
+                idle = self.broker.can_block and self.state.in_flight == 0
+                if fetchable and (now >= self._next_read_at or idle):
                     block_ms = 0
-                    if self.broker.can_block and self.state.in_flight == 0:
+                    if idle:
                         until = min([deadline, *(p.next_fetch_at for p in fetchable)])
                         # STREAM_POLL_INTERVAL_MS bounds one blocking read.
                         block_ms = max(1, min(int((until - now) * 1000), self.broker.poll_interval_ms))
                     if self._read_new(fetchable, block_ms):
+                        # The read just covered every idle partition: polling again at
+                        # once (while the new messages run) would mostly find nothing.
                         self._read_gap_s = 0.0
+                        self._next_read_at = time.monotonic() + FIRST_POLL_GAP_S
                     else:
                         self._read_gap_s = min(
                             max(self._read_gap_s * 2, 0.001), self.broker.idle_poll_max_ms / 1000
@@ -389,7 +429,14 @@ class StreamConsumer(Consumer):
             clean = [p for p in clean if not self.state.unacked.get(p.partition)]
         if not clean:
             return False
-        got = self.broker.read_new(self.queue_name, [p.partition for p in clean], self.fetch_count, block_ms)
+        ids = [p.partition for p in clean]
+        if block_ms:
+            # Nothing is in flight, so no ack can join meanwhile: the deferred ones go
+            # ahead of the blocking read, in the same round trip.
+            with self.state.acks_to_send() as acks:
+                got = self.broker.read_new(self.queue_name, ids, self.fetch_count, block_ms, acks=acks)
+        else:
+            got = self.broker.read_new(self.queue_name, ids, self.fetch_count, block_ms)
         if not got:
             return False
         with self.state.lock:

@@ -374,6 +374,32 @@ def test_failing_batch_is_split_so_only_the_poison_entry_is_dead_lettered(broker
     assert dead.message is not None and dead.message.args == (5,)
 
 
+def test_acks_sent_with_a_blocking_read_are_written_before_it_waits(broker, redis_client):
+    @dramatiq.actor(broker=broker, queue_name="q")
+    def work(i: int) -> None: ...
+
+    first = work.send_with_options(args=(1,), partition_key="k", view_key="view:1")
+    partition = first.options["partition"]
+    broker.ensure_groups("q")
+    got = broker.read_new("q", [partition], 10, 0)
+    assert [e.stream_id for e in got[partition]] == [first.options["stream_id"]]
+    assert broker.partition_stats("q")[partition].pending == 1
+
+    acks = ({partition: [first.options["stream_id"]]}, {partition: ["view:1"]})
+    answer: dict[str, Any] = {}
+    reader = threading.Thread(
+        target=lambda: answer.update(got=broker.read_new("q", [partition], 10, 5000, acks=acks))
+    )
+    reader.start()
+    # The ack is written while the read still waits for a new entry.
+    wait_for(lambda: broker.partition_stats("q")[partition].pending == 0, timeout=4)
+    assert redis_client.xlen(broker.keys("q", partition).stream) == 0
+    assert broker.message_view("view:1") is None
+    second = work.send_with_options(args=(2,), partition_key="k")
+    reader.join(timeout=5)
+    assert [e.stream_id for e in answer["got"][partition]] == [second.options["stream_id"]]
+
+
 def test_streams_are_empty_after_drain(broker, start_worker, redis_client):
     @dramatiq.actor(broker=broker, queue_name="q")
     def work(i: int) -> None: ...
