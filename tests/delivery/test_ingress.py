@@ -11,10 +11,13 @@ import pytest
 import redis
 from django.db import connection
 from django.test import override_settings
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
 from brokers import RedisStreamsBroker, partition_for
 from delivery import services
+from delivery.api.views import MessageCreateApi, fast_message_input
 from delivery.models import Message
 from tests.conftest import wait_for
 from tests.delivery.conftest import client_for
@@ -261,3 +264,85 @@ def test_other_views_answer_503_once_on_a_broken_database_connection_then_reconn
     assert broken.json()["code"] == "service_unavailable"
     again = api.get("/api/v1/conversations")
     assert again.status_code == 200 and [c["id"] for c in again.json()] == [str(conversation.pk)]
+
+
+_TEXT = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(
+        ["hi", " hi", "hi ", "", " ", "a\x00b", "\ud800", "k" * 200, "k" * 201, "normal", "urgent"]
+    ),
+)
+_VALUE = st.one_of(
+    _TEXT, st.none(), st.integers(), st.floats(allow_nan=False), st.booleans(), st.lists(st.integers())
+)
+_UUID = st.one_of(
+    st.uuids().map(str),
+    st.uuids().map(lambda u: u.hex),
+    st.uuids().map(lambda u: f"{{{u}}}"),
+    st.uuids().map(lambda u: f" {u}"),
+    st.uuids().map(lambda u: u.int),
+    _VALUE,
+)
+_BODY = st.fixed_dictionaries(
+    {},
+    optional={
+        "conversation_id": _UUID,
+        "content": _VALUE,
+        "client_message_id": _VALUE,
+        "priority": st.one_of(st.sampled_from(["normal", "high", "urgent", "NORMAL", ""]), _VALUE),
+        "other": _VALUE,
+    },
+)
+
+
+_NEAR_VALID = st.fixed_dictionaries(
+    {"conversation_id": st.uuids().map(str), "content": _TEXT},
+    optional={
+        "client_message_id": _TEXT,
+        "priority": st.sampled_from(["normal", "high", "urgent", "NORMAL", ""]),
+        "other": _VALUE,
+    },
+)
+
+
+_ID = "0b5e8a52-7c1e-4f7a-9d1b-2f1c7a1e9b10"
+
+
+@given(body=st.one_of(_NEAR_VALID, _BODY, _VALUE))
+@settings(max_examples=400, deadline=None)
+@example(body={"conversation_id": _ID, "content": "hi", "client_message_id": " k"})
+@example(body={"conversation_id": _ID, "content": "hi", "client_message_id": "k" * 201})
+@example(body={"conversation_id": _ID, "content": "hi", "client_message_id": "a\x00b"})
+@example(body={"conversation_id": _ID, "content": "\ud800"})
+@example(body={"conversation_id": _ID, "content": " \n"})
+@example(body={"conversation_id": _ID, "content": "hi", "priority": None})
+@example(body={"conversation_id": _ID.upper(), "content": "hi", "priority": "urgent"})
+def test_fast_input_check_answers_as_the_serializer_or_leaves_the_body_to_it(body):
+    fast = fast_message_input(body)
+    serializer = MessageCreateApi.InputSerializer(data=body)
+    if fast is not None:
+        assert serializer.is_valid(), serializer.errors
+        assert fast == dict(serializer.validated_data)
+        assert [type(v) for v in fast.values()] == [type(v) for v in serializer.validated_data.values()]
+
+
+def test_well_formed_bodies_take_the_fast_input_check():
+    conversation_id = str(uuid.uuid4())
+    bodies = [
+        {"conversation_id": conversation_id, "content": "hello"},
+        {
+            "conversation_id": conversation_id,
+            "content": "héllo ✓ ",
+            "client_message_id": "k-1",
+            "priority": "high",
+        },
+    ]
+    assert [fast_message_input(b) for b in bodies] == [
+        {"conversation_id": uuid.UUID(conversation_id), "content": "hello", "priority": "normal"},
+        {
+            "conversation_id": uuid.UUID(conversation_id),
+            "content": "héllo ✓ ",
+            "client_message_id": "k-1",
+            "priority": "high",
+        },
+    ]
