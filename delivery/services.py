@@ -6,6 +6,7 @@ Views, actors, the admin and commands call these; none of them holds business ru
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -337,8 +338,8 @@ _COLUMNS = (
     "priority",
     "created_at",
 )
-#: Their PostgreSQL types, for ``unnest`` of one array per column.
-_PG_TYPES = ("uuid", "uuid", "integer", "text", "text", "bigint", "text", "text", "text", "timestamptz")
+#: Their PostgreSQL types (``created_at`` arrives as epoch milliseconds).
+_PG_TYPES = ("uuid", "uuid", "integer", "text", "text", "bigint", "text", "text", "text", "bigint")
 
 
 def _row(e: dict[str, Any]) -> tuple[Any, ...]:
@@ -356,25 +357,50 @@ def _row(e: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def _insert_postgresql(cursor: Any, rows: list[tuple[Any, ...]]) -> list[UUID]:
-    """One statement: the messages (one array per column, so the statement stays small
-    whatever the batch size) and, for the rows really inserted, SENT receipts."""
+def _json_row(e: dict[str, Any]) -> list[Any]:
+    return [
+        e["message_id"],
+        e["conversation_id"],
+        e["sender_id"],
+        e.get("content", ""),
+        e.get("payload_key", ""),
+        int(e["seq"]),
+        e["idempotency_key"],
+        e.get("correlation_id", ""),
+        e.get("priority", Priority.NORMAL),
+        int(e["created_at"]),
+    ]
+
+
+@cache
+def _insert_postgresql_sql() -> str:
     message_table = Message._meta.db_table
     receipt_table = MessageReceipt._meta.db_table
     participants = Conversation.participants.through._meta.db_table
-    arrays = ", ".join(f"%s::{t}[]" for t in _PG_TYPES)
-    cursor.execute(
+    fields = ", ".join(f"x->>{i}" if t == "text" else f"(x->>{i})::{t}" for i, t in enumerate(_PG_TYPES))
+    fields = fields.replace(
+        "(x->>9)::bigint", "timestamptz 'epoch' + (x->>9)::bigint * interval '1 millisecond'"
+    )
+    return (
         f"WITH inserted AS ("
-        f"  INSERT INTO {message_table} ({', '.join(_COLUMNS)}) SELECT * FROM unnest({arrays})"
+        f"  INSERT INTO {message_table} ({', '.join(_COLUMNS)})"
+        f"  SELECT {fields} FROM jsonb_array_elements(%s::jsonb) AS x"
         f"  ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, conversation_id, sender_id"
         f"), receipts AS ("
         f"  INSERT INTO {receipt_table} (message_id, user_id, state)"
         f"  SELECT i.id, p.user_id, %s FROM inserted i"
         f"  JOIN {participants} p ON p.conversation_id = i.conversation_id AND p.user_id <> i.sender_id"
         f"  ON CONFLICT (message_id, user_id, state) DO NOTHING"
-        f") SELECT id FROM inserted",
-        [list(column) for column in zip(*rows, strict=True)] + [str(ReceiptState.SENT)],
+        f") SELECT id FROM inserted"
     )
+
+
+def _insert_postgresql(cursor: Any, envelopes: list[dict[str, Any]]) -> list[UUID]:
+    """One statement: the messages and, for the rows really inserted, SENT receipts.
+    The batch travels as one JSON document (a row per message): encoding it is one C
+    call, where array parameters were quoted element by element in Python."""
+    document = json.dumps([_json_row(e) for e in envelopes])
+    cursor.execute(_insert_postgresql_sql(), [document, str(ReceiptState.SENT)])
     return [row[0] for row in cursor.fetchall()]
 
 
@@ -409,20 +435,19 @@ def _insert_portable(cursor: Any, rows: list[tuple[Any, ...]]) -> list[UUID]:
 def _persist(envelopes: list[dict[str, Any]]) -> PersistOutcome:
     if not envelopes:
         return PersistOutcome(0, 0)
-    rows = [_row(e) for e in envelopes]
     if connection.vendor == "postgresql":
         # One statement is atomic on its own: one round trip, no BEGIN and COMMIT.
         with connection.cursor() as cursor:
-            inserted = _insert_postgresql(cursor, rows)
+            inserted = _insert_postgresql(cursor, envelopes)
     else:
         with transaction.atomic(), connection.cursor() as cursor:
-            inserted = _insert_portable(cursor, rows)
-    if len(inserted) < len(rows):
+            inserted = _insert_portable(cursor, [_row(e) for e in envelopes])
+    if len(inserted) < len(envelopes):
         # Rows already there are repeats of the same messages (hits), unless another
         # message holds the key: then the batch fails (the rows it inserted are kept and
         # count as hits when it is split and retried) and that message is dead-lettered.
         done = set(inserted)
-        skipped = [e for e, row in zip(envelopes, rows, strict=True) if row[0] not in done]
+        skipped = [e for e in envelopes if UUID(e["message_id"]) not in done]
         holders = dict(
             Message.objects.filter(idempotency_key__in=[e["idempotency_key"] for e in skipped]).values_list(
                 "idempotency_key", "id"

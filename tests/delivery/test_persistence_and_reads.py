@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -96,6 +97,36 @@ def test_persisting_the_same_envelope_twice_is_an_idempotent_hit(alice, conversa
     assert (again.inserted, again.duplicates) == (0, 2)
     assert Message.objects.count() == 1
     assert MessageReceipt.objects.filter(state=ReceiptState.SENT).count() == 1
+
+
+def test_the_persisted_row_holds_the_envelope_exactly(alice, bob, conversation):
+    message_id = str(uuid.uuid4())
+    content = 'quotes " \' backslash \\ newline \n tab \t unicode é ✓ 😀 {"json": [1]}'
+    envelope = {
+        "message_id": message_id,
+        "conversation_id": str(conversation.pk),
+        "sender_id": alice.pk,
+        "created_at": 1_700_000_000_123,
+        "idempotency_key": "c:1:exact ✓",
+        "correlation_id": "cid-1",
+        "priority": "urgent",
+        "content": content,
+        "seq": 7,
+    }
+    services.messages_persist(envelopes=[envelope])
+    row = Message.objects.get(pk=message_id)
+    assert (row.conversation_id, row.sender_id, row.content, row.payload_key, row.seq) == (
+        conversation.pk,
+        alice.pk,
+        content,
+        "",
+        7,
+    )
+    assert (row.idempotency_key, row.correlation_id, row.priority) == ("c:1:exact ✓", "cid-1", "urgent")
+    assert row.created_at == datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=UTC)
+    assert list(MessageReceipt.objects.filter(message_id=message_id).values_list("user_id", "state")) == [
+        (bob.pk, ReceiptState.SENT)
+    ]
 
 
 def test_a_different_message_with_a_used_key_is_a_conflict_not_a_silent_drop(alice, conversation):
