@@ -602,7 +602,7 @@ def run_e2e(messages: int, rate: float, progress: Progress) -> Report:
                 progress(f"e2e: {rate:.0f}/s for {seconds:.0f} s")
                 script = Path(folder) / "e2e.lua"
                 _wrk_script(script, token, conversations, "/api/v1/messages", rate=rate)
-                time.sleep(1)  # the workers lease their partitions
+                _wait_for_balanced_leases(workers, namespace)
                 cpu0 = (_cpu_of_tree(server.pid), _cpu_of_tree(workers.pid))
                 started = time.time()
                 result = _wrk(port, script, seconds, E2E_CONNECTIONS)
@@ -690,22 +690,44 @@ def run_takeover(rounds: int, progress: Progress) -> Report:
     return report
 
 
-def _wait_for_two_owners(workers: subprocess.Popen[bytes], namespace: str) -> tuple[int, set[int]]:
+def _lease_holders(workers: subprocess.Popen[bytes], namespace: str) -> dict[int, set[int]]:
+    """The partitions each worker process (a child of ``workers``) holds a lease on."""
     client = _redis()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        children = subprocess.run(
+    children = {
+        int(c)
+        for c in subprocess.run(
             ["pgrep", "-P", str(workers.pid)], capture_output=True, text=True
         ).stdout.split()
-        holders: dict[int, set[int]] = {}
-        for p in range(16):
-            value = client.get(f"{{{namespace}:{p}}}:q:{MESSAGES_QUEUE}:lease")
-            if value:
-                pid = int(str(value.decode() if isinstance(value, bytes) else value).rsplit("-", 2)[1])
+    }
+    holders: dict[int, set[int]] = {}
+    for p in range(16):
+        value = client.get(f"{{{namespace}:{p}}}:q:{MESSAGES_QUEUE}:lease")
+        if value:
+            pid = int(str(value.decode() if isinstance(value, bytes) else value).rsplit("-", 2)[1])
+            if pid in children:
                 holders.setdefault(pid, set()).add(p)
-        owners = [int(c) for c in children if int(c) in holders]
-        if len(owners) == 2 and sum(len(v) for v in holders.values()) == 16:
-            return owners[0], holders[owners[0]]
+    return holders
+
+
+def _wait_for_balanced_leases(workers: subprocess.Popen[bytes], namespace: str, processes: int = 2) -> None:
+    """Wait until the worker processes share the 16 partitions evenly: measuring while
+    they still rebalance would count the hand-over of partitions as latency."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        holders = _lease_holders(workers, namespace)
+        if len(holders) == processes and all(len(held) == 16 // processes for held in holders.values()):
+            return
+        time.sleep(0.1)
+    raise BenchmarkError(f"the {processes} worker processes did not share the partitions within 60 s")
+
+
+def _wait_for_two_owners(workers: subprocess.Popen[bytes], namespace: str) -> tuple[int, set[int]]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        holders = _lease_holders(workers, namespace)
+        if len(holders) == 2 and sum(len(v) for v in holders.values()) == 16:
+            owner = min(holders)
+            return owner, holders[owner]
         time.sleep(0.1)
     raise BenchmarkError("the two worker processes did not share the partitions within 60 s")
 
