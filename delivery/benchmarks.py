@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dramatiq
 import redis
@@ -121,6 +121,29 @@ def _cpu_of_tree(pid: int) -> float:
     return _cpu_of(pid) + sum(_cpu_of(int(c)) for c in children)
 
 
+def _peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a live process and its live children, in MB."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    total_kb = 0
+    for process in (pid, *(int(c) for c in children)):
+        try:
+            status = Path(f"/proc/{process}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                total_kb += int(line.split()[1])
+    return round(total_kb / 1024, 1)
+
+
+def _self_peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _redis_used_memory() -> int:
+    return int(cast(dict[str, Any], _redis().info("memory"))["used_memory"])
+
+
 def _median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else 0.0
 
@@ -154,12 +177,14 @@ def _broker_round(broker: dramatiq.Broker, messages: int, threads: int) -> dict[
             noop.send_with_options(args=(key, i), partition_key=key)
 
     producers = [threading.Thread(target=produce, args=(t,)) for t in range(threads)]
+    memory0 = _redis_used_memory()
     cpu0, started = _cpu_self(), time.perf_counter()
     for p in producers:
         p.start()
     for p in producers:
         p.join()
     enqueue_s, enqueue_cpu = time.perf_counter() - started, _cpu_self() - cpu0
+    queued_bytes = _redis_used_memory() - memory0
     worker = Worker(broker, worker_threads=threads)
     cpu0, started = _cpu_self(), time.perf_counter()
     worker.start()
@@ -173,6 +198,8 @@ def _broker_round(broker: dramatiq.Broker, messages: int, threads: int) -> dict[
         "consume_per_s": messages / consume_s,
         "enqueue_cpu_s": enqueue_cpu,
         "consume_cpu_s": consume_cpu,
+        # Redis memory the queued messages took (used_memory before and after enqueuing)
+        "redis_bytes_per_message": queued_bytes / messages,
     }
 
 
@@ -217,6 +244,9 @@ def run_broker(messages: int, rounds: int, threads: int, progress: Progress) -> 
         "baseline_consume_per_s": round(base_consume),
         "enqueue_ratio": round(enqueue / base_enqueue, 2),
         "consume_ratio": round(consume / base_consume, 2),
+        "redis_bytes_per_message": round(_median([o["redis_bytes_per_message"] for o in ours])),
+        "baseline_redis_bytes_per_message": round(_median([s["redis_bytes_per_message"] for s in stock])),
+        "process_peak_rss_mb": _self_peak_rss_mb(),
     }
     return report
 
@@ -340,6 +370,7 @@ def run_persist(messages: int, rounds: int, threads: int, batch_size: int, progr
         "persist_per_s": round(_median(ours)),
         "baseline_per_s": round(_median(base)),
         "ratio": round(_median(ours) / _median(base), 2),
+        "process_peak_rss_mb": _self_peak_rss_mb(),
     }
     return report
 
@@ -557,6 +588,7 @@ def run_ingress(seconds: int, rounds: int, progress: Progress) -> Report:
                 _wrk_script(script, token, conversations, "/api/v1/messages", rate=0.7 * best)
                 paced = _wrk(port, script, seconds, 16)
                 report.rounds.append({"system": "ours at 70%", **paced})
+                api_rss = _peak_rss_mb(server.pid)
     finally:
         _drop_namespace(namespace)
     report.figures = {
@@ -568,6 +600,7 @@ def run_ingress(seconds: int, rounds: int, progress: Progress) -> Report:
         "offered_per_s": round(0.7 * best),
         "achieved_per_s": round(paced.get("per_s", 0.0)),
         "closed_loop_p99_ms": round(_median([o.get("p99_ms", 0.0) for o in ours]), 2),
+        "api_peak_rss_mb": api_rss,
     }
     return report
 
@@ -616,6 +649,8 @@ def run_e2e(messages: int, rate: float, progress: Progress) -> Report:
                     "api_server": round(_cpu_of_tree(server.pid) - cpu0[0], 2),
                     "workers": round(_cpu_of_tree(workers.pid) - cpu0[1], 2),
                 }
+                memory = {"api_peak_rss_mb": _peak_rss_mb(server.pid)}
+                memory["workers_peak_rss_mb"] = _peak_rss_mb(workers.pid)
                 rows = list(
                     Message.objects.filter(conversation_id__in=conversations).values_list(
                         "content", "persisted_at"
@@ -638,6 +673,7 @@ def run_e2e(messages: int, rate: float, progress: Progress) -> Report:
         # The POST alone, as wrk saw it (from sending to the answer).
         "http_p50_ms": round(result.get("p50_ms", 0.0), 2),
         "http_p99_ms": round(result.get("p99_ms", 0.0), 2),
+        **memory,
     }
     return report
 

@@ -31,6 +31,15 @@ EXPECTED_KEYS = {
     "takeover": {"takeover_s"},
 }  # fmt: skip
 
+#: Memory figures (MB of peak resident memory; bytes of Redis memory per queued message).
+MEMORY_KEYS = {
+    "broker": {"process_peak_rss_mb", "redis_bytes_per_message", "baseline_redis_bytes_per_message"},
+    "persist": {"process_peak_rss_mb"},
+    "ingress": {"api_peak_rss_mb"},
+    "e2e": {"api_peak_rss_mb", "workers_peak_rss_mb"},
+    "takeover": set(),
+}
+
 
 def run_benchmark(scenario: str, redis_url: str) -> dict[str, Any]:
     db = connection.settings_dict
@@ -60,6 +69,8 @@ def test_benchmark_scenario_prints_sane_figures_and_cleans_up(
     for key in EXPECTED_KEYS[scenario]:
         assert isinstance(report[key], (int, float)) and report[key] >= 0, (key, report[key])
     assert report["method"] and report["versions"]["redis"]
+    for key in MEMORY_KEYS[scenario]:
+        assert 0 < report[key] < 100_000, (key, report.get(key))
     if scenario == "takeover":
         assert 0 < report["takeover_s"] < 30
     elif scenario == "broker":
