@@ -338,26 +338,24 @@ _COLUMNS = (
     "priority",
     "created_at",
 )
-#: Their PostgreSQL types (``created_at`` arrives as epoch milliseconds).
-_PG_TYPES = ("uuid", "uuid", "integer", "text", "text", "bigint", "text", "text", "text", "bigint")
-
-
-def _row(e: dict[str, Any]) -> tuple[Any, ...]:
-    return (
-        UUID(e["message_id"]),
-        UUID(e["conversation_id"]),
-        e["sender_id"],
-        e.get("content", ""),
-        e.get("payload_key", ""),
-        int(e["seq"]),
-        e["idempotency_key"],
-        e.get("correlation_id", ""),
-        e.get("priority", Priority.NORMAL),
-        _from_ms(int(e["created_at"])),
-    )
+#: How the PostgreSQL statement reads each column from a message's JSON array (element i
+#: is column i; ``created_at`` arrives as epoch milliseconds).
+_FROM_JSON = (
+    "(x->>0)::uuid",
+    "(x->>1)::uuid",
+    "(x->>2)::integer",
+    "x->>3",
+    "x->>4",
+    "(x->>5)::bigint",
+    "x->>6",
+    "x->>7",
+    "x->>8",
+    "timestamptz 'epoch' + (x->>9)::bigint * interval '1 millisecond'",
+)
 
 
 def _json_row(e: dict[str, Any]) -> list[Any]:
+    """An envelope's columns as the persist statement's JSON takes them."""
     return [
         e["message_id"],
         e["conversation_id"],
@@ -372,19 +370,21 @@ def _json_row(e: dict[str, Any]) -> list[Any]:
     ]
 
 
+def _row(e: dict[str, Any]) -> tuple[Any, ...]:
+    """The same columns as typed values, for the portable path's field preparation."""
+    message_id, conversation_id, *middle, created_ms = _json_row(e)
+    return (UUID(message_id), UUID(conversation_id), *middle, _from_ms(created_ms))
+
+
 @cache
 def _insert_postgresql_sql() -> str:
     message_table = Message._meta.db_table
     receipt_table = MessageReceipt._meta.db_table
     participants = Conversation.participants.through._meta.db_table
-    fields = ", ".join(f"x->>{i}" if t == "text" else f"(x->>{i})::{t}" for i, t in enumerate(_PG_TYPES))
-    fields = fields.replace(
-        "(x->>9)::bigint", "timestamptz 'epoch' + (x->>9)::bigint * interval '1 millisecond'"
-    )
     return (
         f"WITH inserted AS ("
         f"  INSERT INTO {message_table} ({', '.join(_COLUMNS)})"
-        f"  SELECT {fields} FROM jsonb_array_elements(%s::jsonb) AS x"
+        f"  SELECT {', '.join(_FROM_JSON)} FROM jsonb_array_elements(%s::jsonb) AS x"
         f"  ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, conversation_id, sender_id"
         f"), receipts AS ("
         f"  INSERT INTO {receipt_table} (message_id, user_id, state)"
