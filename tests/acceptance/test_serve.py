@@ -1,0 +1,65 @@
+"""``manage.py serve``, the README's first command: the whole service on embedded defaults
+(SQLite, the API, the workers), a message posted and persisted, Ctrl-C stops it cleanly."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import signal
+from typing import Any
+
+import pytest
+
+from delivery.benchmarks import answers_ok
+from tests.acceptance import harness
+from tests.conftest import ROOT, free_port, wait_for
+
+pytestmark = pytest.mark.acceptance
+
+TOKEN_LINE = re.compile(r"Authorization: Token (\w+)")
+
+
+def _token(lines: list[str]) -> str | None:
+    for line in lines:
+        match = TOKEN_LINE.search(line)
+        if match:
+            return match.group(1)
+    return None
+
+
+def _get(port: int, path: str, token: str) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Token {token}"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+def test_serve_persists_a_message_on_sqlite_and_stops_on_ctrl_c(tmp_path, redis_client, redis_url):
+    port = free_port()
+    database_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    env = harness.project_env(database_url=database_url, redis_url=redis_url, STREAM_NAMESPACE="serve-test")
+    service = harness.Service("serve", [str(ROOT / "manage.py"), "serve", "--port", str(port)], env, tmp_path)
+    service.start()
+    try:
+        token = wait_for(lambda: _token(service.log_lines()), timeout=120, what="the demo user's API token")
+        wait_for(lambda: answers_ok(port, "/healthz"), timeout=60, what="the API")
+        client = harness.LoadGenerator(port, token)
+        status, conversation = client.post("/api/v1/conversations", {"participants": []})
+        assert status == 201, conversation
+        ack = client.send(conversation["id"], "hello from the quick start")
+        assert ack is not None and ack.seq == 1
+
+        def persisted() -> Any:
+            status, body = _get(port, f"/api/v1/messages/{ack.message_id}", token)
+            return body if status == 200 and body["state"] == "persisted" else None
+
+        body = wait_for(persisted, timeout=60, what="the message persisted")
+        assert (body["content"], body["seq"], body["sender"]) == ("hello from the quick start", 1, "demo")
+    finally:
+        service.signal(signal.SIGINT)
+        code = service.wait(timeout=90)
+    assert code == 0, "\n".join(service.log_lines()[-30:])
