@@ -745,27 +745,24 @@ def _lease_holders(workers: subprocess.Popen[bytes], namespace: str) -> dict[int
     return holders
 
 
-def _wait_for_balanced_leases(workers: subprocess.Popen[bytes], namespace: str, processes: int = 2) -> None:
-    """Wait until the worker processes share the 16 partitions evenly: measuring while
-    they still rebalance would count the hand-over of partitions as latency."""
+def _wait_for_balanced_leases(
+    workers: subprocess.Popen[bytes], namespace: str, processes: int = 2
+) -> dict[int, set[int]]:
+    """Wait until the worker processes share the 16 partitions evenly (measuring while they
+    still rebalance would count the hand-over of partitions as latency); their holdings."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         holders = _lease_holders(workers, namespace)
         if len(holders) == processes and all(len(held) == 16 // processes for held in holders.values()):
-            return
+            return holders
         time.sleep(0.1)
     raise BenchmarkError(f"the {processes} worker processes did not share the partitions within 60 s")
 
 
 def _wait_for_two_owners(workers: subprocess.Popen[bytes], namespace: str) -> tuple[int, set[int]]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        holders = _lease_holders(workers, namespace)
-        if len(holders) == 2 and sum(len(v) for v in holders.values()) == 16:
-            owner = min(holders)
-            return owner, holders[owner]
-        time.sleep(0.1)
-    raise BenchmarkError("the two worker processes did not share the partitions within 60 s")
+    holders = _wait_for_balanced_leases(workers, namespace)
+    owner = min(holders)
+    return owner, holders[owner]
 
 
 def _wait_for_progress(partitions: set[int], by_partition: dict[int, list[str]], killed_at: float) -> float:
