@@ -36,7 +36,7 @@ from brokers.consumer import (
     StreamConsumer,
     StreamEntry,
 )
-from brokers.errors import DeadLetterNotFound
+from brokers.errors import UNREACHABLE, DeadLetterNotFound, redis_unreachable_as_connection_closed
 from brokers.keys import PartitionKeys, members_key, partition_for, partition_keys
 from brokers.leases import LeaseCoordinator
 from brokers.retries import InPlaceRetries
@@ -341,7 +341,7 @@ class RedisStreamsBroker(Broker):
                     break
                 assert self.sequence_floor is not None and sequence_key
                 floor = str(int(self.sequence_floor(str(sequence_key))))
-        except redis.ConnectionError as error:
+        except UNREACHABLE as error:
             raise ConnectionClosed(error) from None
         if int(result[0]) == 1:
             message = self._original(result[1], result[2], result[3], partition)
@@ -371,7 +371,7 @@ class RedisStreamsBroker(Broker):
         if it is still in flight (or dead-lettered and not expired), else None."""
         try:
             encoded, seq = self.client.hmget(view_key, ["m", "seq"])
-        except redis.ConnectionError as error:
+        except UNREACHABLE as error:
             raise ConnectionClosed(error) from None
         if encoded is None:
             return None
@@ -393,7 +393,7 @@ class RedisStreamsBroker(Broker):
         key = self.keys(queue_name, partition).idempotency(idempotency_key)
         try:
             record, seq, stream_id = self.client.hmget(key, ["m", "seq", "id"])
-        except redis.ConnectionError as error:
+        except UNREACHABLE as error:
             raise ConnectionClosed(error) from None
         if record is None:
             return None
@@ -411,7 +411,7 @@ class RedisStreamsBroker(Broker):
             if self._coordinator is None:
                 self._coordinator = LeaseCoordinator(self)
             self._coordinator.watch(state)
-        except redis.ConnectionError as error:
+        except UNREACHABLE as error:
             raise ConnectionClosed(error) from None
         return StreamConsumer(self, state, prefetch, timeout)
 
@@ -422,6 +422,22 @@ class RedisStreamsBroker(Broker):
         if self._coordinator is not None:
             self._coordinator.stop()
             self._coordinator = None
+
+    def ping(self) -> None:
+        """Return when Redis answers; raise ``ConnectionClosed`` when it does not."""
+        with redis_unreachable_as_connection_closed():
+            self.client.ping()
+
+    def reset(self) -> None:
+        """Forget what this broker assumes about Redis and about past workers: stop
+        consuming (as :meth:`close`), forget which consumer groups exist (so they are
+        created again) and drop the middleware that stopped Dramatiq workers left behind.
+
+        For tests and tools that flush Redis between uses of one broker.
+        """
+        self.close()
+        self._groups_ready.clear()
+        self.middleware = [m for m in self.middleware if type(m).__name__ != "_WorkerMiddleware"]
 
     def flush(self, queue_name: str) -> None:
         """Drop every message of ``queue_name`` (streams, delayed messages, retry state)."""
@@ -714,7 +730,7 @@ class RedisStreamsBroker(Broker):
                 pipe.xrange(keys.stream, count=1)
         try:
             replies = pipe.execute(raise_on_error=False)
-        except redis.ConnectionError as error:
+        except UNREACHABLE as error:
             raise ConnectionClosed(error) from None
         for partition in range(self.partitions):
             length, delayed, *rest = replies[partition * per_partition : (partition + 1) * per_partition]
@@ -762,10 +778,11 @@ class RedisStreamsBroker(Broker):
         partitions = range(self.partitions) if partition is None else [partition]
         found = []
         for p in partitions:
-            reply = cast(
-                list[tuple[Any, dict[Any, Any]]],
-                self.client.xrange(self.keys(queue_name, p).dead, count=count),
-            )
+            with redis_unreachable_as_connection_closed():
+                reply = cast(
+                    list[tuple[Any, dict[Any, Any]]],
+                    self.client.xrange(self.keys(queue_name, p).dead, count=count),
+                )
             for raw_id, raw_fields in reply:
                 fields = {_text(k): v for k, v in raw_fields.items()}
                 data = bytes(fields.get("m", b""))
@@ -799,14 +816,16 @@ class RedisStreamsBroker(Broker):
           DeadLetterNotFound: when it is not (any more) in the dead-letter stream.
         """
         keys = self.keys(queue_name, partition)
-        new_id = self.scripts.requeue_dead(keys=[keys.stream, keys.dead], args=[dead_letter_id])
+        with redis_unreachable_as_connection_closed():
+            new_id = self.scripts.requeue_dead(keys=[keys.stream, keys.dead], args=[dead_letter_id])
         if not new_id:
             raise DeadLetterNotFound(f"{queue_name}/{partition}/{dead_letter_id}")
         return _text(new_id)
 
     def discard_dead_letter(self, queue_name: str, partition: int, dead_letter_id: str) -> bool:
         """Delete a dead letter; False when it was already gone."""
-        return bool(self.client.xdel(self.keys(queue_name, partition).dead, dead_letter_id))
+        with redis_unreachable_as_connection_closed():
+            return bool(self.client.xdel(self.keys(queue_name, partition).dead, dead_letter_id))
 
     def lag_collector(self) -> metrics.PartitionLagCollector:
         """A Prometheus collector reporting this broker's partition lag at scrape time."""

@@ -23,6 +23,7 @@ from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
 from brokers import metrics
+from brokers.errors import UNREACHABLE
 from brokers.retries import REASON_DECODE_ERROR, REASON_FAILED, REASON_UNKNOWN_ACTOR
 
 if TYPE_CHECKING:
@@ -305,7 +306,7 @@ class StreamConsumer(Consumer):
                 )
                 self.state.wakeup.wait(max(0.0005, wake_at - now))
                 self.state.wakeup.clear()
-        except redis.ConnectionError as error:
+        except UNREACHABLE as error:
             raise ConnectionClosed(error) from None
 
     def ack(self, message: MessageProxy) -> None:
@@ -342,7 +343,7 @@ class StreamConsumer(Consumer):
                 metrics.CONSUMER_PROCESSED.labels(label, "success").inc(len(ids))
                 metrics.STREAM_PROCESSING_DURATION.observe(elapsed_ms)
             metrics.CONSUMER_PROCESSING_DURATION.labels(label).observe(elapsed_ms)
-        except redis.ConnectionError as error:
+        except UNREACHABLE as error:
             raise ConnectionClosed(error) from None
 
     def nack(self, message: MessageProxy) -> None:
@@ -365,7 +366,7 @@ class StreamConsumer(Consumer):
                     attempts=entry.attempts + 1,
                 )
             self._finish(message)
-        except redis.ConnectionError as error_:
+        except UNREACHABLE as error_:
             raise ConnectionClosed(error_) from None
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from dramatiq.errors import BrokerError
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+from dramatiq.errors import BrokerError, ConnectionClosed
+
+#: What redis-py raises when Redis cannot be reached or does not answer in time. The two
+#: are siblings under ``RedisError``: catching one does not catch the other.
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 
 
 class StreamsBrokerError(BrokerError):
@@ -11,3 +19,13 @@ class StreamsBrokerError(BrokerError):
 
 class DeadLetterNotFound(StreamsBrokerError):
     """The dead letter named does not exist (any more) in its dead-letter stream."""
+
+
+@contextmanager
+def redis_unreachable_as_connection_closed() -> Iterator[None]:
+    """Translate "Redis unreachable" (refused, reset, timed out) into Dramatiq's
+    ``ConnectionClosed``, which workers retry and callers catch as ``BrokerConnectionError``."""
+    try:
+        yield
+    except UNREACHABLE as error:
+        raise ConnectionClosed(error) from None

@@ -51,7 +51,7 @@ def stack(transactional_db: None, redis_client: Any, redis_url: str, tmp_path: P
         conversation = Conversation.objects.create()
         conversation.participants.add(alice, bob)
         conversations.append(str(conversation.pk))
-    get_broker()._groups_ready.clear()
+    get_broker().reset()
     yield Stack(database_url, redis_url, token, conversations, tmp_path)
 
 

@@ -21,10 +21,9 @@ from delivery.queue import get_broker
 def project_broker(redis_client: Any) -> Iterator[RedisStreamsBroker]:
     """The project's broker, its Redis state as empty as the tests' Redis database."""
     broker = get_broker()
-    broker._groups_ready.clear()
+    broker.reset()
     yield broker
-    broker.close()
-    broker._groups_ready.clear()
+    broker.reset()
 
 
 @pytest.fixture
@@ -41,9 +40,7 @@ def run_worker(project_broker: RedisStreamsBroker) -> Iterator[Callable[..., Wor
     yield start
     for worker in workers:
         worker.stop()
-    project_broker.middleware = [
-        m for m in project_broker.middleware if type(m).__name__ != "_WorkerMiddleware"
-    ]
+    project_broker.reset()
 
 
 def make_user(username: str, *, staff: bool = False) -> User:
