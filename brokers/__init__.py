@@ -1,12 +1,13 @@
-"""A Dramatiq broker on partitioned Redis Streams: ordered, retried in place, leased.
+"""A Dramatiq broker on partitioned Redis Streams: ordered per key, retried in place, leased.
 
 This package knows Redis and Dramatiq only; it never imports Django.
 """
 
-from brokers.broker import DeadLetterEntry, PartitionStats, RedisStreamsBroker
-from brokers.consumer import StreamMessageProxy
+from brokers.broker import RedisStreamsBroker
 from brokers.errors import DeadLetterNotFound, StreamsBrokerError
 from brokers.keys import partition_for
+from brokers.proxy import StreamMessageProxy
+from brokers.records import DeadLetterEntry, PartitionStats
 from brokers.retries import InPlaceRetries
 
 __all__ = [

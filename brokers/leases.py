@@ -14,32 +14,39 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
 
-import redis
+from dramatiq.errors import BrokerConnectionError
 from dramatiq.logging import get_logger
 
-from brokers.consumer import PartitionState
-
-if TYPE_CHECKING:
-    from brokers.broker import RedisStreamsBroker
-    from brokers.consumer import QueueState
+from brokers.ownership import QueueState
+from brokers.records import StreamEntry
+from brokers.store import StreamStore
 
 #: Part of the lease TTL a holder trusts its lease for (the rest is a safety margin).
 LEASE_TRUST = 0.8
+
+#: Pause before trying again for partitions assigned here that their previous owner has
+#: not released yet (it releases them as soon as its work in hand is done), in seconds.
+TAKEOVER_RETRY_S = 0.1
 
 
 class LeaseCoordinator:
     """Keeps this process's membership and partition leases, on a heartbeat thread."""
 
-    def __init__(self, broker: RedisStreamsBroker) -> None:
+    def __init__(
+        self, store: StreamStore, *, partitions: int, lease_ttl_ms: int, heartbeat_interval_ms: int
+    ) -> None:
         self.logger = get_logger(__name__, type(self))
-        self.broker = broker
-        self.token = broker.consumer_name
+        self.store = store
+        self.partitions = partitions
+        self.lease_ttl_ms = lease_ttl_ms
+        self.heartbeat_interval_ms = heartbeat_interval_ms
         self.queues: dict[str, QueueState] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Some partitions assigned here are still held by their previous owner.
+        self._short_of_share = False
 
     def watch(self, state: QueueState) -> None:
         """Lease partitions of ``state``'s queue from now on (starts the heartbeat)."""
@@ -50,7 +57,7 @@ class LeaseCoordinator:
                 self._thread = threading.Thread(target=self._run, name="stream-leases", daemon=True)
         try:
             self.tick()
-        except redis.RedisError as error:
+        except BrokerConnectionError as error:
             self.logger.warning("First lease round failed: %s", error)
         if start and self._thread is not None:
             self._thread.start()
@@ -60,79 +67,74 @@ class LeaseCoordinator:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
+        self._thread = None
         try:
             for queue_name in list(self.queues):
                 self.release_idle(queue_name, everything=True)
-            self.broker.scripts.heartbeat(
-                keys=[self.broker.members_key], args=[self.token, self.broker.lease_ttl_ms, "leave"]
-            )
-        except redis.RedisError as error:
+            self.store.heartbeat(self.lease_ttl_ms, leave=True)
+        except BrokerConnectionError as error:
             self.logger.warning("Could not leave the membership cleanly: %s", error)
 
     def _run(self) -> None:
-        interval = self.broker.heartbeat_interval_ms / 1000
-        while not self._stop.wait(interval):
+        interval = self.heartbeat_interval_ms / 1000
+        next_beat = time.monotonic() + interval
+        while not self._stop.wait(min(interval, max(0.0, next_beat - time.monotonic()))):
+            if time.monotonic() < next_beat and not self._short_of_share:
+                continue
             try:
                 self.tick()
-            except redis.RedisError as error:
+            except BrokerConnectionError as error:
                 self.logger.warning("Lease heartbeat failed: %s", error)
             except Exception:
                 self.logger.exception("Lease heartbeat crashed; retrying.")
+            now = time.monotonic()
+            next_beat = now + (TAKEOVER_RETRY_S if self._short_of_share else interval)
 
     def tick(self) -> None:
         """One heartbeat: refresh membership, then acquire, renew or release leases."""
-        broker = self.broker
-        members = sorted(
-            m.decode() if isinstance(m, bytes) else str(m)
-            for m in broker.scripts.heartbeat(
-                keys=[broker.members_key], args=[self.token, broker.lease_ttl_ms, ""]
-            )
-        )
-        if self.token not in members:
-            members = sorted([*members, self.token])
+        members = self.store.heartbeat(self.lease_ttl_ms)
+        token = self.store.consumer_name
+        if token not in members:
+            members = sorted([*members, token])
+        short = False
         for queue_name, state in list(self.queues.items()):
-            assigned = {p for p in range(broker.partitions) if members[p % len(members)] == self.token}
+            assigned = {p for p in range(self.partitions) if members[p % len(members)] == token}
             with state.lock:
-                owned = set(state.partitions)
-                for p in owned - assigned:
-                    state.partitions[p].draining = True
+                for p, partition in state.partitions.items():
+                    if p not in assigned:
+                        partition.draining = True
             self.release_idle(queue_name)
             with state.lock:
-                wanted = sorted(assigned | {p for p in owned if p in state.partitions})
+                wanted = sorted(assigned | {p for p in state.partitions if p not in state.lost})
             sent_at = time.monotonic()
-            results = broker.lease_many(queue_name, wanted, "acquire")
-            valid_until = sent_at + broker.lease_ttl_ms / 1000 * LEASE_TRUST
+            held = self.store.acquire(queue_name, wanted, self.lease_ttl_ms)
+            valid_until = sent_at + self.lease_ttl_ms / 1000 * LEASE_TRUST
             acquired = False
             with state.lock:
-                for p, held in zip(wanted, results, strict=True):
-                    current = state.partitions.get(p)
-                    if not held:
-                        if current is not None:
-                            self.logger.warning("Lost the lease of %s partition %d.", queue_name, p)
-                            current.valid_until = 0.0
-                            current.buffer.clear()
-                            if not state.is_busy(p):
-                                del state.partitions[p]
-                        continue
-                    if current is None:
-                        state.partitions[p] = PartitionState(partition=p, valid_until=valid_until)
-                        acquired = True
+                for p, ok in zip(wanted, held, strict=True):
+                    if ok:
+                        acquired = state.acquired(p, valid_until) or acquired
+                    elif p in state.partitions:
+                        self.logger.warning("Lost the lease of %s partition %d.", queue_name, p)
+                        state.lose(p)
                     else:
-                        current.valid_until = valid_until
+                        short = short or p in assigned
+                state.drop_lost()
             if acquired:
                 state.wakeup.set()
+        self._short_of_share = short
 
     def release_idle(self, queue_name: str, *, everything: bool = False) -> None:
         """Release the leases of partitions that are draining (or all, if ``everything``)
-        and have nothing in flight."""
+        once nothing of theirs is in flight and their acks are written."""
         state = self.queues.get(queue_name)
         if state is None:
             return
         with state.lock:
-            released = [
-                p for p, s in state.partitions.items() if (everything or s.draining) and not state.is_busy(p)
-            ]
-            for p in released:
-                del state.partitions[p]
+            released: dict[int, list[StreamEntry]] = {}
+            for p, partition in list(state.partitions.items()):
+                if (everything or partition.draining) and p not in state.lost and state.is_idle(p):
+                    released[p] = list(partition.waiting())
+                    del state.partitions[p]
         if released:
-            self.broker.lease_many(queue_name, released, "release")
+            self.store.release(queue_name, released)

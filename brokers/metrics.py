@@ -7,14 +7,14 @@ from Redis at scrape time by :class:`PartitionLagCollector`, never per message.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from brokers.broker import PartitionStats
+    from brokers.records import PartitionStats
 
 #: Histogram buckets in milliseconds, 10 ms to 5 s (the seed's eight buckets).
 DURATION_BUCKETS_MS = (10, 25, 50, 100, 250, 500, 1000, 5000)
@@ -50,6 +50,70 @@ CONSUMER_PROCESSING_DURATION = Histogram(
 CONSUMER_DLQ = Counter(
     "stream_consumer_dlq_total", "Messages a consumer dead-lettered.", ["partition", "reason"]
 )
+
+# Per-key order (set by the process that leases the partition; summed over live processes).
+PARTITION_BLOCKED_KEYS = Gauge(
+    "stream_partition_blocked_keys",
+    "Ordering keys of a partition waiting for a retry (their later messages wait with them).",
+    ["partition"],
+    multiprocess_mode="livesum",
+)
+PARTITION_LOOKAHEAD = Gauge(
+    "stream_partition_lookahead",
+    "Entries of a partition held in a worker's memory (waiting or in flight); bounded by the look-ahead.",
+    ["partition"],
+    multiprocess_mode="livesum",
+)
+LOOKAHEAD_FULL = Counter(
+    "stream_lookahead_full_total",
+    "Reads skipped because a partition's look-ahead was full (its keys are blocked or slow).",
+    ["partition"],
+)
+
+
+class PartitionMetrics:
+    """The labelled series of one partition, looked up once (``labels()`` costs on every
+    message otherwise)."""
+
+    def __init__(self, partition: int) -> None:
+        label = str(partition)
+        self.label = label
+        self.succeeded = CONSUMER_PROCESSED.labels(label, "success")
+        self.retried = CONSUMER_PROCESSED.labels(label, "retry")
+        self.duration = CONSUMER_PROCESSING_DURATION.labels(label)
+        self._dequeued: dict[str, Any] = {}
+
+    def dequeued(self, queue_name: str) -> Any:
+        child = self._dequeued.get(queue_name)
+        if child is None:
+            child = self._dequeued[queue_name] = STREAM_DEQUEUE.labels(self.label, queue_name)
+        return child
+
+
+_partition_metrics: dict[int, PartitionMetrics] = {}
+
+
+def partition_metrics(partition: int) -> PartitionMetrics:
+    """The cached series of ``partition``."""
+    found = _partition_metrics.get(partition)
+    if found is None:
+        found = _partition_metrics[partition] = PartitionMetrics(partition)
+    return found
+
+
+def dead_lettered(partition: int, reason: str) -> None:
+    """Count one dead letter in every metric that counts them."""
+    label = str(partition)
+    STREAM_DEAD_LETTER.labels(label, reason).inc()
+    CONSUMER_DLQ.labels(label, reason).inc()
+    CONSUMER_PROCESSED.labels(label, "dead_lettered").inc()
+
+
+def partition_gauges(partition: int, *, lookahead: int, blocked_keys: int) -> None:
+    """Publish what this process holds of a partition it leases."""
+    label = str(partition)
+    PARTITION_LOOKAHEAD.labels(label).set(lookahead)
+    PARTITION_BLOCKED_KEYS.labels(label).set(blocked_keys)
 
 
 class PartitionLagCollector(Collector):

@@ -18,11 +18,17 @@ from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware
 from dramatiq.middleware.retries import DEFAULT_MAX_BACKOFF, DEFAULT_MIN_BACKOFF
 
+from brokers.proxy import StreamMessageProxy
+from brokers.records import REASON_MAX_RETRIES, REASON_THROWS
+
 if TYPE_CHECKING:
     from dramatiq.broker import Broker, MessageProxy
 
 #: Default number of retries after the first failure (Dramatiq's default).
 DEFAULT_MAX_RETRIES = 20
+
+#: Runs that never finish (their process died) allowed beyond ``max_retries``, by default.
+EXTRA_DELIVERIES = 2
 
 #: First pause, in milliseconds, after a transient error (see ``transient_exceptions``).
 DEFAULT_TRANSIENT_MIN_BACKOFF_MS = 100
@@ -33,13 +39,6 @@ DEFAULT_TRANSIENT_MAX_BACKOFF_MS = 5000
 #: Most characters of a traceback kept with a dead letter.
 TRACEBACK_LIMIT_CHARS = 8000
 
-#: Why an entry was dead-lettered (the ``reason`` of a dead letter and of the metrics).
-REASON_MAX_RETRIES = "max_retries"
-REASON_THROWS = "non_retryable"
-REASON_UNKNOWN_ACTOR = "unknown_actor"
-REASON_DECODE_ERROR = "decode_error"
-REASON_FAILED = "failed"
-
 
 class InPlaceRetries(Middleware):
     """Decides what happens to a failed message of a :class:`RedisStreamsBroker`.
@@ -49,8 +48,11 @@ class InPlaceRetries(Middleware):
 
     * ``transient_exceptions``: exception classes that mean "try again later" (a database
       outage): the partition pauses with capped backoff and the retry budget is not used.
-    * ``batch_size``: the actor takes a list of up to this many consecutive messages of
-      one partition (see :class:`brokers.RedisStreamsBroker`).
+    * ``batch_size``: the actor takes a list of up to this many messages of one partition
+      (see :class:`brokers.RedisStreamsBroker`).
+    * ``max_deliveries``: runs that never finish (the process running the message died:
+      OOM killer, segfault) before the message is dead-lettered with reason
+      ``crashed_worker``; default ``max_retries + 2``.
     """
 
     def __init__(
@@ -82,7 +84,16 @@ class InPlaceRetries(Middleware):
             "on_retry_exhausted",
             "transient_exceptions",
             "batch_size",
+            "max_deliveries",
         }
+
+    def max_deliveries(self, actor_options: dict[str, Any]) -> int:
+        """How many runs that never finish an actor allows before ``crashed_worker``."""
+        explicit = actor_options.get("max_deliveries")
+        if explicit is not None:
+            return max(1, int(explicit))
+        max_retries = actor_options.get("max_retries", self.max_retries)
+        return (DEFAULT_MAX_RETRIES if max_retries is None else int(max_retries)) + EXTRA_DELIVERIES
 
     def after_process_message(
         self,
@@ -92,8 +103,6 @@ class InPlaceRetries(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        from brokers.consumer import StreamMessageProxy
-
         if exception is None or not isinstance(message, StreamMessageProxy):
             return
         actor = broker.get_actor(message.actor_name)

@@ -11,7 +11,8 @@ import dramatiq
 import pytest
 import redis
 from dramatiq import Worker
-from dramatiq.errors import QueueJoinTimeout
+from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
+from prometheus_client import REGISTRY
 from dramatiq.middleware import Middleware, Retries
 
 from brokers import DeadLetterNotFound, InPlaceRetries, RedisStreamsBroker, partition_for
@@ -221,7 +222,7 @@ def test_undecodable_entry_and_unknown_actor_are_dead_lettered_with_their_reason
         ran.append(i)
 
     keys = broker.keys("q", partition_for("k", 16))
-    broker.ensure_groups("q")
+    broker.store.ensure_groups("q", 16)
     redis_client.xadd(keys.stream, {"m": b"{not json", "seq": b""})
     ghost = work.message_with_options(args=(0,), partition_key="k").copy(actor_name="ghost")
     broker.enqueue(ghost)
@@ -232,6 +233,39 @@ def test_undecodable_entry_and_unknown_actor_are_dead_lettered_with_their_reason
     assert ran == [1]
     reasons = sorted(d.reason for d in broker.dead_letters("q"))
     assert reasons == ["decode_error", "unknown_actor"]
+
+
+def test_a_hand_out_that_fails_half_way_is_undone_and_its_partition_goes_on(
+    broker, start_worker, redis_client, monkeypatch
+):
+    ran: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name="q")
+    def work(i: int) -> None:
+        ran.append(i)
+
+    partition = partition_for("k", 16)
+    broker.store.ensure_groups("q", 16)
+    redis_client.xadd(broker.keys("q", partition).stream, {"m": b"{not json", "seq": b""})
+    work.send_with_options(args=(1,), partition_key="k")
+    calls: list[object] = []
+    dead_letter = broker.store.dead_letter
+
+    def connection_drops_the_first_time(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 1:
+            raise ConnectionClosed(redis.ConnectionError("Connection reset by peer"))
+        return dead_letter(*args, **kwargs)
+
+    monkeypatch.setattr(broker.store, "dead_letter", connection_drops_the_first_time)
+    start_worker()
+    broker.join("q", timeout=10_000)
+
+    assert ran == [1] and len(calls) == 2
+    assert [d.reason for d in broker.dead_letters("q")] == ["decode_error"]
+    held = REGISTRY.get_sample_value("stream_partition_lookahead", {"partition": str(partition)})
+    wait_for(lambda: REGISTRY.get_sample_value("stream_partition_lookahead", {"partition": str(partition)}) == 0)
+    assert held is not None
 
 
 def test_transient_exceptions_pause_the_partition_without_using_the_retry_budget(broker, start_worker):
@@ -374,30 +408,35 @@ def test_failing_batch_is_split_so_only_the_poison_entry_is_dead_lettered(broker
     assert dead.message is not None and dead.message.args == (5,)
 
 
-def test_acks_sent_with_a_blocking_read_are_written_before_it_waits(broker, redis_client):
+def test_acks_sent_ahead_of_a_blocking_wait_are_written_before_it_waits(broker, redis_client):
     @dramatiq.actor(broker=broker, queue_name="q")
     def work(i: int) -> None: ...
 
     first = work.send_with_options(args=(1,), partition_key="k", view_key="view:1")
     partition = first.options["partition"]
-    broker.ensure_groups("q")
-    got = broker.read_new("q", [partition], 10, 0)
-    assert [e.stream_id for e in got[partition]] == [first.options["stream_id"]]
+    store = broker.store
+    store.ensure_groups("q", 16)
+    redis_client.set(broker.keys("q", partition).lease, broker.consumer_name)
+    _, got = store.fetch("q", {}, {partition: 10})
+    assert [e.stream_id for e in got[partition].entries] == [first.options["stream_id"]]
     assert broker.partition_stats("q")[partition].pending == 1
 
     acks = ({partition: [first.options["stream_id"]]}, {partition: ["view:1"]})
     answer: dict[str, Any] = {}
-    reader = threading.Thread(
-        target=lambda: answer.update(got=broker.read_new("q", [partition], 10, 5000, acks=acks))
+    last_id = got[partition].last_id
+    waiter = threading.Thread(
+        target=lambda: answer.update(woke=store.wait("q", {partition: last_id}, 5000, acks))
     )
-    reader.start()
-    # The ack is written while the read still waits for a new entry.
+    waiter.start()
+    # The ack is written while the wait still blocks for a new entry.
     wait_for(lambda: broker.partition_stats("q")[partition].pending == 0, timeout=4)
     assert redis_client.xlen(broker.keys("q", partition).stream) == 0
     assert broker.message_view("view:1") is None
     second = work.send_with_options(args=(2,), partition_key="k")
-    reader.join(timeout=5)
-    assert [e.stream_id for e in answer["got"][partition]] == [second.options["stream_id"]]
+    waiter.join(timeout=5)
+    assert answer["woke"] == {partition}
+    _, got = store.fetch("q", {}, {partition: 10})
+    assert [e.stream_id for e in got[partition].entries] == [second.options["stream_id"]]
 
 
 def test_streams_are_empty_after_drain(broker, start_worker, redis_client):

@@ -1,0 +1,70 @@
+"""A message (or a batch) in flight, and the outcome the retry middleware gives it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from dramatiq.broker import MessageProxy
+from dramatiq.message import Message
+
+from brokers.records import StreamEntry
+
+
+class StreamMessageProxy(MessageProxy):
+    """A message, or a batch of messages of one partition (one or more keys), in flight.
+
+    :class:`brokers.InPlaceRetries` records the outcome of a failure here (retry in place,
+    split the batch, or dead-letter); the consumer carries it out on ``ack``/``nack``.
+    """
+
+    def __init__(
+        self,
+        message: Message[Any],
+        *,
+        partition: int,
+        entries: list[StreamEntry],
+        transient_failures: int = 0,
+        lone: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.partition = partition
+        self.entries = entries
+        #: Failures so far of the entry (durable; a batch that fails is split first).
+        self.attempts = entries[0].attempts
+        #: Transient failures in a row of its keys (not durable).
+        self.transient_failures = transient_failures
+        #: Holds the process's "lone" slot: its entry's earlier runs never finished.
+        self.lone = lone
+        #: Entries whose start this run recorded durably (redelivered ones).
+        self.marked: set[str] = set()
+        self.handed_out_at = time.monotonic()
+        self.error = ""
+        self.traceback = ""
+        self.dead_letter_reason: str | None = None
+        self.retry_delay_ms: int | None = None
+        self.count_attempt = False
+        self.split = False
+
+    def __str__(self) -> str:
+        if len(self.entries) > 1:
+            return (
+                f"{self.actor_name}[batch of {len(self.entries)}, partition {self.partition}, "
+                f"entries {self.entries[0].stream_id}..{self.entries[-1].stream_id}]"
+            )
+        head = self.entries[0].stream_id
+        return f"{self.actor_name}[{self.message_id}, partition {self.partition}, entry {head}]"
+
+    def retry_in_place(self, *, delay_ms: int, count_attempt: bool) -> None:
+        """Keep the entries pending at the head of their keys and run them again later."""
+        self.retry_delay_ms = delay_ms
+        self.count_attempt = count_attempt
+
+    def split_batch(self) -> None:
+        """Run this batch's entries again at once, each alone."""
+        self.split = True
+
+    def fail_with(self, reason: str) -> None:
+        """Mark the message for the dead-letter stream, with ``reason``."""
+        self.dead_letter_reason = reason
+        self.fail()
