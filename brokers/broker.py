@@ -32,6 +32,7 @@ from brokers.keys import PartitionKeys, partition_for
 from brokers.leases import LeaseCoordinator
 from brokers.ownership import QueueState
 from brokers.partition import PartitionState
+from brokers.proxy import LeaseGuard
 from brokers.reader import (
     DEFAULT_DELAY_CHECK_MS,
     DEFAULT_FETCH_COUNT,
@@ -104,7 +105,7 @@ class RedisStreamsBroker(Broker):
         namespace: str = "dramatiq",
         client: redis.Redis | RedisCluster | None = None,
         middleware: list[Middleware] | None = None,
-        ordering: Ordering = "partition",
+        ordering: Ordering = "key",
         lookahead: int = DEFAULT_LOOKAHEAD,
         lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS,
         heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS,
@@ -120,6 +121,8 @@ class RedisStreamsBroker(Broker):
         middleware = [self._in_place(m) for m in middleware]
         if not any(isinstance(m, InPlaceRetries) for m in middleware):
             middleware.append(InPlaceRetries())
+        if not any(isinstance(m, LeaseGuard) for m in middleware):
+            middleware.insert(0, LeaseGuard())
         super().__init__(middleware=middleware)
         if partitions < 1:
             raise ValueError("partitions must be at least 1")

@@ -84,6 +84,9 @@ class StreamConsumer(Consumer):
         assert isinstance(message, StreamMessageProxy)
         elapsed_ms = (time.monotonic() - message.handed_out_at) * 1000
         counters = metrics.partition_metrics(message.partition)
+        if message.lease_lost:
+            self._settle(message, lambda p: p.put_back(message.entries), lost=True)
+            return
         if message.retry_delay_ms is not None:
             self._retry(message)
             counters.retried.inc()
@@ -250,9 +253,15 @@ class StreamConsumer(Consumer):
             )
         else:
             message = self._with_stream_options(head, partition)
-        return StreamMessageProxy(
+        proxy = StreamMessageProxy(
             message, partition=partition, entries=batch, transient_failures=transient, lone=lone
         )
+        proxy.still_owned = lambda: self._owned(partition)
+        return proxy
+
+    def _owned(self, partition: int) -> bool:
+        p = self.state.partitions.get(partition)
+        return p is not None and partition not in self.state.lost and p.valid_until > time.monotonic()
 
     @staticmethod
     def _with_stream_options(entry: StreamEntry, partition: int) -> Message[Any]:

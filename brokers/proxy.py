@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
-from dramatiq.broker import MessageProxy
+from dramatiq.broker import Broker, MessageProxy
 from dramatiq.message import Message
+from dramatiq.middleware import Middleware, SkipMessage
 
 from brokers.records import StreamEntry
 
@@ -45,6 +47,10 @@ class StreamMessageProxy(MessageProxy):
         self.retry_delay_ms: int | None = None
         self.count_attempt = False
         self.split = False
+        #: Whether this process still holds the partition's lease (set by the consumer).
+        self.still_owned: Callable[[], bool] = lambda: True
+        #: Not run: the lease was lost between hand-out and start (see ``LeaseGuard``).
+        self.lease_lost = False
 
     def __str__(self) -> str:
         if len(self.entries) > 1:
@@ -68,3 +74,18 @@ class StreamMessageProxy(MessageProxy):
         """Mark the message for the dead-letter stream, with ``reason``."""
         self.dead_letter_reason = reason
         self.fail()
+
+
+class LeaseGuard(Middleware):
+    """Skips a message whose partition's lease was lost after it was handed out.
+
+    Handed-out messages wait in the worker's queue; a process paused past its lease (a
+    stop-the-world pause, SIGSTOP) wakes up with some still there, while the partition's
+    new owner runs the same keys. They are not run: their entries stay pending, and the
+    new owner runs them in order.
+    """
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        if isinstance(message, StreamMessageProxy) and not message.still_owned():
+            message.lease_lost = True
+            raise SkipMessage(f"the lease of partition {message.partition} was lost")

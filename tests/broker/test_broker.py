@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,8 +13,8 @@ import pytest
 import redis
 from dramatiq import Worker
 from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
-from prometheus_client import REGISTRY
 from dramatiq.middleware import Middleware, Retries
+from prometheus_client import REGISTRY
 
 from brokers import DeadLetterNotFound, InPlaceRetries, RedisStreamsBroker, partition_for
 from tests.conftest import wait_for
@@ -68,7 +69,7 @@ def test_send_returns_the_message_with_its_partition_and_stream_id(broker):
     assert broker.partition_stats("q")[message.options["partition"]].undelivered == 1
 
 
-def test_failed_message_blocks_its_partition_until_retried_in_place(broker, start_worker):
+def test_failed_message_blocks_its_key_until_retried_in_place(broker, start_worker):
     runs: list[tuple[str, int]] = []
     failures: Counter[tuple[str, int]] = Counter()
 
@@ -89,6 +90,98 @@ def test_failed_message_blocks_its_partition_until_retried_in_place(broker, star
     assert [i for key, i in runs if key == "a"] == list(range(10))
     assert [i for key, i in runs if key == "b"] == list(range(10))
     assert broker.dead_letters("q") == []
+
+
+def two_keys_of_one_partition() -> tuple[str, str]:
+    partition = partition_for("slow", 16)
+    other = next(f"key-{i}" for i in range(1000) if partition_for(f"key-{i}", 16) == partition)
+    return "slow", other
+
+
+def test_a_key_waiting_for_its_retry_holds_up_only_itself_not_its_partition(broker, start_worker):
+    slow, fast = two_keys_of_one_partition()
+    done_fast = threading.Event()
+    attempts: Counter[str] = Counter()
+    order: dict[str, list[int]] = defaultdict(list)
+
+    @dramatiq.actor(broker=broker, queue_name="q", max_retries=3, min_backoff=2000, max_backoff=2000)
+    def work(key: str, i: int) -> None:
+        attempts[key] += 1
+        if key == slow and attempts[key] == 1:
+            raise RuntimeError("first try fails")
+        order[key].append(i)
+        if key == fast and i == 9:
+            done_fast.set()
+
+    for i in range(10):  # the slow key's messages come first in the shared partition
+        work.send_with_options(args=(slow, i), partition_key=slow)
+    for i in range(10):
+        work.send_with_options(args=(fast, i), partition_key=fast)
+    start_worker()
+
+    assert done_fast.wait(timeout=1.5), "a key of the same partition waited for the failing key's backoff"
+    assert order[slow] == []
+    broker.join("q", timeout=10_000)
+    assert order == {slow: list(range(10)), fast: list(range(10))}
+
+
+def test_the_lookahead_bounds_what_a_partition_holds_past_a_blocked_key(make_broker, start_worker):
+    broker = make_broker(lookahead=5)
+    slow, fast = two_keys_of_one_partition()
+    finished: dict[str, float] = {}
+    failed_at: list[float] = []
+
+    @dramatiq.actor(broker=broker, queue_name="q", max_retries=3)
+    def work(key: str, i: int) -> None:
+        if key == slow and not failed_at:
+            failed_at.append(time.monotonic())
+            raise dramatiq.Retry(delay=1500)
+        finished[f"{key}/{i}"] = time.monotonic()
+
+    for i in range(8):
+        work.send_with_options(args=(slow, i), partition_key=slow)
+    work.send_with_options(args=(fast, 0), partition_key=fast)
+    full_before = _sample("stream_lookahead_full_total", partition_for(slow, 16))
+    start_worker(target=broker)
+    broker.join("q", timeout=20_000)
+
+    # The partition held 5 entries of the blocked key and read no further until its retry.
+    assert finished[f"{fast}/0"] - failed_at[0] >= 1.4
+    assert _sample("stream_lookahead_full_total", partition_for(slow, 16)) > full_before
+
+
+def _sample(name: str, partition: int) -> float:
+    return REGISTRY.get_sample_value(name, {"partition": str(partition)}) or 0.0
+
+
+def test_batches_mix_keys_but_never_hold_one_key_twice_at_once(broker, start_worker):
+    keys = [f"key-{i}" for i in range(2000) if partition_for(f"key-{i}", 16) == 3][:40]
+    lock = threading.Lock()
+    running: set[str] = set()
+    seen: dict[str, list[int]] = defaultdict(list)
+    mixed: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name="q", batch_size=6)
+    def work(messages: list[dramatiq.Message]) -> None:
+        batch_keys = {m.args[0] for m in messages}
+        with lock:
+            assert not batch_keys & running, "a key in two batches at once"
+            running.update(batch_keys)
+            mixed.append(len(batch_keys))
+        time.sleep(0.01)
+        with lock:
+            for m in messages:
+                seen[m.args[0]].append(m.args[1])
+            running.difference_update(batch_keys)
+
+    for i in range(3):
+        for key in keys:
+            work.send_with_options(args=(key, i), partition_key=key)
+    start_worker(threads=4)
+    broker.join("q", timeout=20_000)
+
+    assert seen == {key: list(range(3)) for key in keys}
+    assert max(mixed) > 1
 
 
 def test_other_partitions_go_on_while_one_waits_for_its_retry(broker, start_worker):
@@ -264,7 +357,9 @@ def test_a_hand_out_that_fails_half_way_is_undone_and_its_partition_goes_on(
     assert ran == [1] and len(calls) == 2
     assert [d.reason for d in broker.dead_letters("q")] == ["decode_error"]
     held = REGISTRY.get_sample_value("stream_partition_lookahead", {"partition": str(partition)})
-    wait_for(lambda: REGISTRY.get_sample_value("stream_partition_lookahead", {"partition": str(partition)}) == 0)
+    wait_for(
+        lambda: REGISTRY.get_sample_value("stream_partition_lookahead", {"partition": str(partition)}) == 0
+    )
     assert held is not None
 
 
