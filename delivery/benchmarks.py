@@ -37,8 +37,9 @@ from rest_framework.authtoken.models import Token
 
 from brokers import RedisStreamsBroker, partition_for
 from delivery import actors
+from delivery.broker import MESSAGES_QUEUE
 from delivery.models import Conversation, Message
-from delivery.queue import MESSAGES_QUEUE, DbConnections
+from delivery.worker_middleware import DbConnections
 from messaging_project.config import BASE_DIR
 
 #: Keys the broker scenario spreads its messages over.

@@ -29,6 +29,13 @@ from uuid_utils.compat import uuid7
 
 from brokers import DeadLetterNotFound
 from delivery import metrics
+from delivery.broker import (
+    MESSAGES_QUEUE,
+    PENDING_MESSAGE_TTL_MS,
+    PERSIST_ACTOR,
+    get_broker,
+    pending_message_key,
+)
 from delivery.errors import (
     Conflict,
     Forbidden,
@@ -46,16 +53,9 @@ from delivery.models import (
     Priority,
     ReceiptState,
 )
-from delivery.queue import MESSAGES_QUEUE, get_broker
-from delivery.selectors import message_state, pending_key, pending_record
+from delivery.selectors import message_state, pending_message
 
 logger = logging.getLogger(__name__)
-
-#: The persist actor's name (see ``delivery.actors``).
-PERSIST_ACTOR = "persist_messages"
-
-#: How long the pending view of an acknowledged message is kept (it is deleted on persist).
-PENDING_RECORD_TTL_S = 86_400
 
 
 class IdempotencyKeyConflict(Exception):
@@ -191,9 +191,9 @@ def _ingest(
             "fingerprint": fingerprint if client_key else "",
             "created_at": created_ms,
             "correlation_id": correlation_id,
-            # The pending view, written by the enqueue script, deleted with the ack.
-            "view_key": pending_key(message_id),
-            "view_ttl_ms": PENDING_RECORD_TTL_S * 1000,
+            # The pending message, written by the enqueue script, deleted with the ack.
+            "view_key": pending_message_key(message_id),
+            "view_ttl_ms": PENDING_MESSAGE_TTL_MS,
         },
         message_id=message_id,
     )
@@ -462,7 +462,7 @@ def _persist(envelopes: list[dict[str, Any]]) -> PersistOutcome:
     duplicates = len(envelopes) - len(inserted)
     if duplicates:
         metrics.IDEMPOTENCY_HIT.labels("persistence", "db").inc(duplicates)
-    # The pending views are deleted with the ack (the ``view_key`` option).
+    # The pending messages are deleted with the ack (the ``view_key`` option).
     return PersistOutcome(inserted=len(inserted), duplicates=duplicates)
 
 
@@ -479,7 +479,7 @@ def receipt_record(*, message_id: UUID, user: User, state: str) -> bool:
     """
     message = Message.objects.filter(pk=message_id).only("id", "conversation_id", "sender_id").first()
     if message is None:
-        pending = pending_record(str(message_id))
+        pending = pending_message(str(message_id))
         if pending and Conversation.objects.filter(pk=pending["conversation_id"], participants=user).exists():
             raise Conflict("the message is not persisted yet; retry shortly")
         raise NotFound("message not found")

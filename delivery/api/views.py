@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 
 from delivery import selectors, services
 from delivery.models import Priority, ReceiptState
-from delivery.selectors import MessageView
+from delivery.selectors import MessageDetail
 
 #: Longest idempotency key a client may send.
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
@@ -219,8 +219,8 @@ class MessageDetailApi(APIView):
 
     @extend_schema(responses=OutputSerializer)
     def get(self, request: Request, message_id: Any) -> Response:
-        view: MessageView = selectors.message_view(user=_user(request), message_id=message_id)
-        return Response(self.OutputSerializer(view).data)
+        detail: MessageDetail = selectors.message_detail(user=_user(request), message_id=message_id)
+        return Response(self.OutputSerializer(detail).data)
 
 
 class ConversationMessagesApi(APIView):

@@ -12,6 +12,7 @@ from django.db import IntegrityError, connection, transaction
 from django.test import override_settings
 from rest_framework.test import APIClient
 
+from brokers import RedisStreamsBroker
 from delivery import selectors, services
 from delivery.models import Conversation, DeadLetter, Message, MessageReceipt, ReceiptState
 from tests.conftest import wait_for
@@ -50,7 +51,7 @@ def test_happy_path_message_goes_from_pending_to_persisted_with_sent_receipts(
     row = Message.objects.get(pk=ack["message_id"])
     assert row.idempotency_key == f"c:{row.sender_id}:c1" and row.correlation_id == ack["correlation_id"]
     assert all(s.length == 0 for s in project_broker.partition_stats("messages"))
-    assert selectors.pending_record(ack["message_id"]) is None  # deleted with the ack
+    assert selectors.pending_message(ack["message_id"]) is None  # deleted with the ack
 
 
 def test_conversation_rows_are_complete_unique_and_persisted_in_seq_order(
@@ -305,7 +306,8 @@ def test_readyz_is_503_with_a_reason_when_redis_is_down(transactional_db, monkey
 
     from delivery.api import health
 
-    monkeypatch.setattr(health, "redis_client", lambda: redis.Redis(port=1, socket_connect_timeout=0.5))
+    dead = RedisStreamsBroker(client=redis.Redis(port=1, socket_connect_timeout=0.5))
+    monkeypatch.setattr(health, "get_broker", lambda: dead)
     response = APIClient().get("/readyz")
     assert response.status_code == 503
     assert response.json()["checks"]["redis"].startswith("unreachable")

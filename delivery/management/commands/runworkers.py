@@ -26,6 +26,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
+from dramatiq.errors import BrokerConnectionError
 
 from messaging_project.config import BASE_DIR
 
@@ -86,14 +87,14 @@ class Command(BaseCommand):
 
 def wait_for_services(stop: threading.Event) -> bool:
     """Wait (with backoff, saying what for) until Redis and the database answer."""
-    from delivery.selectors import redis_client
+    from delivery.broker import get_broker
 
     delay = 0.5
     while not stop.is_set():
         problems = []
         try:
-            redis_client().ping()
-        except Exception as error:
+            get_broker().ping()
+        except BrokerConnectionError as error:
             problems.append(f"Redis at {settings.REDIS_URL} ({error})")
         try:
             connection.ensure_connection()
@@ -224,7 +225,7 @@ class Supervisor:
             start_http_server,
         )
 
-        from delivery.queue import get_broker
+        from delivery.broker import get_broker
 
         self.metrics_dir = Path(tempfile.mkdtemp(prefix="delivery-metrics-"))
         registry = CollectorRegistry()
@@ -244,7 +245,7 @@ def run_child(options: dict[str, Any]) -> None:
     """One worker process: a Dramatiq Worker on the project's broker."""
     from dramatiq import Worker
 
-    from delivery.queue import get_broker
+    from delivery.broker import get_broker
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
