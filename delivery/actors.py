@@ -14,6 +14,7 @@ from django.db import InterfaceError, OperationalError
 
 from delivery import services
 from delivery.broker import MESSAGES_QUEUE, PERSIST_ACTOR, get_broker
+from delivery.errors import IdempotencyKeyConflict
 from delivery.logging import current_correlation_id
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ PERSIST_MAX_BACKOFF_MS = 30_000
     max_backoff=PERSIST_MAX_BACKOFF_MS,
     # A database outage pauses the partition and uses up no retry budget.
     transient_exceptions=(OperationalError, InterfaceError),
-    throws=(services.IdempotencyKeyConflict,),
+    throws=(IdempotencyKeyConflict,),
 )
 def persist_messages(messages: list[dramatiq.Message[Any]]) -> None:
     """Persist consecutive messages of one partition in one transaction, in ``seq`` order."""

@@ -58,3 +58,13 @@ class ServiceUnavailable(ApplicationError):
     status_code = 503
     code = "service_unavailable"
     retry_after_s = 1
+
+
+class IdempotencyKeyConflict(Exception):
+    """Two different messages carry the same idempotency key when the second is persisted.
+
+    Raised by the persist actor, not answered to a client: the message is dead-lettered
+    without retries (another message holds its key, so no retry can succeed). It takes the
+    loss of a key's Redis record while its first message was not persisted yet (Redis lost
+    its data, or a dead letter outlived the record and was requeued).
+    """

@@ -19,6 +19,7 @@ from brokers import RedisStreamsBroker, partition_for
 from delivery import services
 from delivery.api.views import MessageCreateApi, fast_message_input
 from delivery.models import Message
+from delivery.services import ingest
 from tests.conftest import wait_for
 from tests.delivery.conftest import client_for
 
@@ -176,7 +177,7 @@ def test_content_over_the_limit_is_413(api, conversation, project_broker):
 
 def test_redis_unreachable_is_503_with_retry_after_and_nothing_half_done(api, conversation, monkeypatch):
     dead = RedisStreamsBroker(client=redis.Redis(port=1, socket_connect_timeout=0.5))
-    monkeypatch.setattr(services, "get_broker", lambda: dead)
+    monkeypatch.setattr(ingest, "get_broker", lambda: dead)
     response = post(api, {"conversation_id": str(conversation.pk), "content": "hi"})
     assert response.status_code == 503
     assert response["Retry-After"] == "1"
