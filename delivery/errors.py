@@ -17,6 +17,17 @@ class ApplicationError(Exception):
         self.extra = extra or {}
 
 
+class InvalidInput(ApplicationError):
+    """A request field the domain refuses; answered as DRF answers a validation error
+    (``errors`` maps the field to its problems)."""
+
+    status_code = 400
+    code = "invalid"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__("invalid request", extra={"errors": {field: [problem]}})
+
+
 class NotFound(ApplicationError):
     """The object does not exist, or the caller may not see it (existence does not leak)."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from delivery.broker import (
     pending_message_key,
 )
 from delivery.errors import IdempotencyKeyReused, NotFound, PayloadTooLarge, ServiceUnavailable
+from delivery.idempotency import IngressKey, fingerprint
 from delivery.models import Conversation, Message, Priority
 from delivery.selectors import message_content, message_state
 
@@ -49,10 +49,6 @@ class IngestResult:
 
 def _from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
-
-
-def _fingerprint(conversation_id: str, priority: str, content: bytes) -> str:
-    return hashlib.sha256(f"{conversation_id}\n{priority}\n".encode() + content).hexdigest()[:32]
 
 
 def message_ingest(
@@ -96,34 +92,39 @@ def _ingest(
     data = content.encode()
     if len(data) > settings.MAX_CONTENT_BYTES:
         raise PayloadTooLarge(f"content is {len(data)} bytes; the limit is {settings.MAX_CONTENT_BYTES}")
-    fingerprint = _fingerprint(conversation_id, priority, data)
-    message_id = str(uuid7())
-    if client_key:
-        key = f"c:{sender.pk}:{client_key}"
-        ttl_ms = settings.IDEMPOTENCY_TTL_MS
-        db_key = key
-        # Slow path, in the same query as the participant check: a key whose Redis record
-        # is gone (older than a day, or Redis lost it) is found in the database. The fast
-        # path is the enqueue script below, which answers a repeat from the key's record
-        # (kept for a day) atomically with the enqueue: two requests racing get one message.
-        existing_id = _check_sender(conversation_id, sender, key)
-        if existing_id is not None:
-            return _replay_persisted(Message.objects.get(pk=existing_id), fingerprint)
-    else:
-        _check_sender(conversation_id, sender, None)
-        digest = hashlib.sha256(f"{conversation_id}\n{sender.pk}\n".encode() + data).hexdigest()[:40]
-        key = f"d:{sender.pk}:{digest}"
-        # The window is measured from the first send: the record expires that long after it.
-        ttl_ms = settings.IDEMPOTENCY_WINDOW_MS
-        db_key = f"{key}:{message_id}"
+    key = (
+        IngressKey.for_client(
+            sender_id=sender.pk,
+            conversation_id=conversation_id,
+            client_key=client_key,
+            content=data,
+            priority=priority,
+            ttl_ms=settings.IDEMPOTENCY_TTL_MS,
+        )
+        if client_key
+        else IngressKey.for_content(
+            sender_id=sender.pk,
+            conversation_id=conversation_id,
+            content=data,
+            window_ms=settings.IDEMPOTENCY_WINDOW_MS,
+        )
+    )
+    # Slow path, in the same query as the participant check: a client key whose Redis
+    # record is gone (older than its TTL, or Redis lost it) is found in the database. The
+    # fast path is the enqueue script below, which answers a repeat from the key's record
+    # atomically with the enqueue: two requests racing get one message.
+    existing_id = _check_sender(conversation_id, sender, key.persisted_key)
+    if existing_id is not None:
+        return _replay_persisted(Message.objects.get(pk=existing_id), key)
 
+    message_id = str(uuid7())
     created_ms = int(time.time() * 1000)
     envelope: dict[str, Any] = {
         "message_id": message_id,
         "conversation_id": conversation_id,
         "sender_id": sender.pk,
         "created_at": created_ms,
-        "idempotency_key": db_key,
+        "idempotency_key": key.database_key(message_id),
         "correlation_id": correlation_id,
         "priority": priority,
     }
@@ -141,10 +142,12 @@ def _ingest(
         options={
             "partition_key": conversation_id,
             "sequence_key": conversation_id,
-            "idempotency_key": key,
-            "idempotency_ttl_ms": ttl_ms,
+            # The record expires ttl_ms after the first send: a content key's window
+            # is measured from the first send, not from the last repeat.
+            "idempotency_key": key.redis_key,
+            "idempotency_ttl_ms": key.ttl_ms,
             "priority": priority,
-            "fingerprint": fingerprint if client_key else "",
+            "fingerprint": key.fingerprint,
             "created_at": created_ms,
             "correlation_id": correlation_id,
             # The pending message, written by the enqueue script, deleted with the ack.
@@ -156,18 +159,21 @@ def _ingest(
     try:
         sent = get_broker().enqueue(message)
     except BrokerConnectionError as error:
-        logger.error("Enqueue failed: Redis unreachable (%s)", error)
+        logger.error(
+            "Enqueue failed: Redis unreachable (%s)",
+            error,
+            extra={"message_id": message_id, "conversation_id": conversation_id},
+        )
         raise ServiceUnavailable(
             "the message queue is unreachable; nothing was accepted, retry later"
         ) from None
 
     if sent.options.get("idempotent_hit"):
-        return _replay(sent, fingerprint if client_key else "", conversation_id, correlation_id)
-    seq = int(sent.options["seq"])
+        return _replay(sent, key, conversation_id, correlation_id)
     return IngestResult(
         message_id=message_id,
         conversation_id=conversation_id,
-        seq=seq,
+        seq=int(sent.options["seq"]),
         state="pending",
         idempotent_hit=False,
         correlation_id=correlation_id,
@@ -202,12 +208,11 @@ def _sender_check_row(params: list[Any]) -> tuple[bool, Any]:
 
 
 def _replay(
-    original: dramatiq.Message[Any], fingerprint: str, conversation_id: str, correlation_id: str
+    original: dramatiq.Message[Any], key: IngressKey, conversation_id: str, correlation_id: str
 ) -> IngestResult:
-    """The answer to a repeat found in Redis (``fingerprint`` empty: keyless, no check)."""
+    """The answer to a repeat found in Redis."""
     options = original.options
-    if fingerprint and options.get("fingerprint") != fingerprint:
-        raise IdempotencyKeyReused("this idempotency key was used for a different message")
+    key.check_repeat(str(options.get("fingerprint", "")))
     metrics.IDEMPOTENCY_HIT.labels("ingress", "cache").inc()
     return IngestResult(
         message_id=original.message_id,
@@ -220,12 +225,9 @@ def _replay(
     )
 
 
-def _replay_persisted(existing: Message, fingerprint: str) -> IngestResult:
-    stored = _fingerprint(
-        str(existing.conversation_id), existing.priority, message_content(existing).encode()
-    )
-    if stored != fingerprint:
-        raise IdempotencyKeyReused("this idempotency key was used for a different message")
+def _replay_persisted(existing: Message, key: IngressKey) -> IngestResult:
+    """The answer to a repeat found in the database."""
+    key.check_repeat(fingerprint(content=message_content(existing), priority=existing.priority))
     metrics.IDEMPOTENCY_HIT.labels("ingress", "db").inc()
     return IngestResult(
         message_id=str(existing.pk),

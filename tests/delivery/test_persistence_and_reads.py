@@ -51,7 +51,8 @@ def test_happy_path_message_goes_from_pending_to_persisted_with_sent_receipts(
         {"user": "bob", "state": "sent", "timestamp": persisted["receipts"][0]["timestamp"]}
     ]
     row = Message.objects.get(pk=ack["message_id"])
-    assert row.idempotency_key == f"c:{row.sender_id}:c1" and row.correlation_id == ack["correlation_id"]
+    assert row.idempotency_key == f"c:{row.sender_id}:{conversation.pk}:c1"
+    assert row.correlation_id == ack["correlation_id"]
     assert all(s.length == 0 for s in project_broker.partition_stats("messages"))
     assert selectors.pending_message(ack["message_id"]) is None  # deleted with the ack
 
