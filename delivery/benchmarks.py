@@ -7,7 +7,6 @@ and removes them afterwards, so it can run beside a live service.
 
 from __future__ import annotations
 
-import http.client
 import os
 import resource
 import shutil
@@ -40,6 +39,7 @@ from delivery import actors
 from delivery.broker import MESSAGES_QUEUE
 from delivery.models import Conversation, Message
 from delivery.worker_middleware import DbConnections
+from messaging_project import launch
 from messaging_project.config import BASE_DIR
 
 #: Keys the broker scenario spreads its messages over.
@@ -404,13 +404,12 @@ def _env(**extra: str) -> dict[str, str]:
 def api_server(env: dict[str, str], workers: int = 2) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "messaging_project.wsgi", "--bind", f"127.0.0.1:{port}",
-         "--workers", str(workers), "--config", "python:messaging_project.gunicorn"],
+        launch.gunicorn_argv(bind=f"127.0.0.1:{port}", workers=workers),
         cwd=BASE_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while not answers_ok(port, "/healthz"):
+        while not launch.answers_ok(port, "/healthz"):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise BenchmarkError("the API server did not start")
             time.sleep(0.1)
@@ -425,8 +424,7 @@ def run_workers(
     env: dict[str, str], processes: int = 2, threads: int = 8
 ) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
-        [sys.executable, str(BASE_DIR / "manage.py"), "runworkers", "--processes", str(processes),
-         "--threads", str(threads), "--worker-shutdown-timeout", "10000"],
+        launch.runworkers_argv(processes=processes, threads=threads, shutdown_timeout_ms=10_000),
         env={**env, "METRICS_PORT": "0"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -438,16 +436,6 @@ def run_workers(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def answers_ok(port: int, path: str) -> bool:
-    """Whether a local HTTP server answers ``GET path`` with 200."""
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        conn.request("GET", path)
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
 
 
 #: LuaJIT's FFI gives wrk's scripts a wall clock (wrk itself offers none).

@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,7 +27,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 from dramatiq.errors import BrokerConnectionError
 
-from messaging_project.config import BASE_DIR
+from messaging_project import launch
 
 logger = logging.getLogger("delivery.runworkers")
 
@@ -140,9 +139,7 @@ class Supervisor:
         self.shutdown()
 
     def spawn(self, child_id: int) -> None:
-        argv = [
-            sys.executable,
-            str(Path(BASE_DIR) / "manage.py"),
+        argv = launch.manage_argv(
             "runworkers",
             "--child",
             str(child_id),
@@ -150,7 +147,7 @@ class Supervisor:
             str(self.options["threads"]),
             "--worker-shutdown-timeout",
             str(self.options["worker_shutdown_timeout"]),
-        ]
+        )
         if self.options["queues"]:
             argv += ["--queues", *self.options["queues"]]
         argv += ["--verbose"] * self.options["verbose"]
