@@ -317,14 +317,3 @@ class ReceiptCreateApi(APIView):
             {"message_id": str(message_id), "state": state, "created": created},
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
-
-
-class BareMessageApi(APIView):
-    """The ingress benchmark's baseline: validates a message body like ``MessageCreateApi``
-    (same authentication, parsers and renderers) and answers 202 without doing anything."""
-
-    @extend_schema(exclude=True)
-    def post(self, request: Request) -> Response:
-        serializer = MessageCreateApi.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        return Response({"state": "pending"}, status=status.HTTP_202_ACCEPTED)
