@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test unit lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: install
 ## Run the test suite against real PostgreSQL and Redis.
 test: install
 	$(PY) -m pytest
+
+## The unit tier alone: pure Python, no PostgreSQL or Redis needed.
+unit: install
+	$(PY) -m pytest -p no:django -W ignore::pytest.PytestConfigWarning tests/unit
 
 ## Static checks.
 lint: install

@@ -13,8 +13,9 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from delivery import services
+from delivery.broker import MESSAGES_QUEUE, PERSIST_ACTOR, get_broker
+from delivery.errors import IdempotencyKeyConflict
 from delivery.logging import current_correlation_id
-from delivery.queue import MESSAGES_QUEUE, get_broker
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ PERSIST_MAX_BACKOFF_MS = 30_000
 
 @dramatiq.actor(
     broker=get_broker(),
-    actor_name=services.PERSIST_ACTOR,
+    actor_name=PERSIST_ACTOR,
     queue_name=MESSAGES_QUEUE,
     batch_size=settings.STREAM_BATCH_SIZE,
     max_retries=settings.STREAM_MAX_RETRIES,
@@ -35,7 +36,7 @@ PERSIST_MAX_BACKOFF_MS = 30_000
     max_backoff=PERSIST_MAX_BACKOFF_MS,
     # A database outage pauses the partition and uses up no retry budget.
     transient_exceptions=(OperationalError, InterfaceError),
-    throws=(services.IdempotencyKeyConflict,),
+    throws=(IdempotencyKeyConflict,),
 )
 def persist_messages(messages: list[dramatiq.Message[Any]]) -> None:
     """Persist consecutive messages of one partition in one transaction, in ``seq`` order."""

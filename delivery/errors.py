@@ -17,6 +17,17 @@ class ApplicationError(Exception):
         self.extra = extra or {}
 
 
+class InvalidInput(ApplicationError):
+    """A request field the domain refuses; answered as DRF answers a validation error
+    (``errors`` maps the field to its problems)."""
+
+    status_code = 400
+    code = "invalid"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__("invalid request", extra={"errors": {field: [problem]}})
+
+
 class NotFound(ApplicationError):
     """The object does not exist, or the caller may not see it (existence does not leak)."""
 
@@ -58,3 +69,13 @@ class ServiceUnavailable(ApplicationError):
     status_code = 503
     code = "service_unavailable"
     retry_after_s = 1
+
+
+class IdempotencyKeyConflict(Exception):
+    """Two different messages carry the same idempotency key when the second is persisted.
+
+    Raised by the persist actor, not answered to a client: the message is dead-lettered
+    without retries (another message holds its key, so no retry can succeed). It takes the
+    loss of a key's Redis record while its first message was not persisted yet (Redis lost
+    its data, or a dead letter outlived the record and was requeued).
+    """

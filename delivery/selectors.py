@@ -3,43 +3,40 @@ conversation and its messages; everyone else gets "not found", so existence does
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
 from typing import Any
 from uuid import UUID
 
-import redis
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.storage import storages
 from django.db.models import QuerySet
 from dramatiq.errors import BrokerConnectionError
 
+from delivery.broker import get_broker, pending_message_key
 from delivery.errors import NotFound
 from delivery.models import Conversation, DeadLetter, DeadLetterStatus, Message, MessageReceipt
-from delivery.queue import get_broker
+
+logger = logging.getLogger(__name__)
 
 
-@cache
-def redis_client() -> redis.Redis:
-    """The process's Redis client for the delivery domain's own keys."""
-    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5, health_check_interval=30)
-
-
-def pending_key(message_id: str) -> str:
-    """The key of an acknowledged, not yet persisted message's view."""
-    return f"{settings.STREAM_NAMESPACE}:pending:{message_id}"
-
-
-def pending_record(message_id: str) -> dict[str, Any] | None:
+def pending_message(message_id: str) -> dict[str, Any] | None:
     """The envelope (with ``seq``) of an acknowledged message that is not persisted yet.
 
     The enqueue script stores it (``view_key``) and the ack of its persistence deletes it.
+    None when there is none, or when Redis cannot be asked (logged): the caller answers
+    as for an unknown message.
     """
     try:
-        message = get_broker().message_view(pending_key(message_id))
-    except (redis.RedisError, BrokerConnectionError):
+        message = get_broker().message_view(pending_message_key(message_id))
+    except BrokerConnectionError as error:
+        logger.warning(
+            "Pending message %s not read: Redis unreachable (%s)",
+            message_id,
+            error,
+            extra={"message_id": message_id},
+        )
         return None
     if message is None or not message.args:
         return None
@@ -81,7 +78,7 @@ def message_state(message_id: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class MessageView:
+class MessageDetail:
     """A message as the API shows it, whatever its state."""
 
     message_id: str
@@ -110,7 +107,7 @@ def _envelope_content(envelope: dict[str, Any]) -> str:
     return str(envelope.get("content", ""))
 
 
-def message_view(*, user: User, message_id: UUID) -> MessageView:
+def message_detail(*, user: User, message_id: UUID) -> MessageDetail:
     """One message for ``user``: persisted, dead-lettered or still pending."""
     message = Message.objects.select_related("sender").filter(pk=message_id).first()
     if message is not None:
@@ -122,7 +119,7 @@ def message_view(*, user: User, message_id: UUID) -> MessageView:
             .select_related("user")
             .order_by("timestamp", "id")
         ]
-        return MessageView(
+        return MessageDetail(
             message_id=str(message.pk),
             conversation_id=str(message.conversation_id),
             seq=message.seq,
@@ -134,11 +131,11 @@ def message_view(*, user: User, message_id: UUID) -> MessageView:
             receipts=receipts,
         )
     dead = DeadLetter.objects.filter(message_id=str(message_id), status=DeadLetterStatus.DEAD).first()
-    envelope = dead.envelope if dead is not None else pending_record(str(message_id))
+    envelope = dead.envelope if dead is not None else pending_message(str(message_id))
     if not envelope or not _is_participant(user, str(envelope.get("conversation_id"))):
         raise NotFound("message not found")
     seq = dead.seq if dead is not None and dead.seq is not None else envelope.get("seq", 0)
-    return MessageView(
+    return MessageDetail(
         message_id=str(message_id),
         conversation_id=str(envelope["conversation_id"]),
         seq=int(seq or 0),

@@ -32,6 +32,8 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "delivery",
+    # Tooling, not the domain: ``manage.py benchmark`` and its baseline view.
+    "benchmarks",
 ]
 
 MIDDLEWARE = [

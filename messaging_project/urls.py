@@ -18,6 +18,6 @@ urlpatterns = [
 ]
 
 if settings.ENABLE_BENCHMARK_VIEWS:
-    from delivery.api.views import BareMessageApi
+    from benchmarks.views import BareMessageApi
 
     urlpatterns.append(path("bench/bare", BareMessageApi.as_view(), name="bench-bare"))

@@ -177,9 +177,17 @@ def redis_cluster(redis_server: Callable[..., RedisServer]) -> list[RedisServer]
     return nodes
 
 
+def project_subprocess(
+    argv: list[str], env: dict[str, str] | None = None, **kwargs: Any
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (say, from ``messaging_project.launch``) from the repository root
+    with the test environment."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen(argv, cwd=ROOT, env=full_env, **kwargs)
+
+
 def python_subprocess(
     *args: str, env: dict[str, str] | None = None, **kwargs: Any
 ) -> subprocess.Popen[bytes]:
     """Start ``python args...`` from the repository root with the test environment."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=full_env, **kwargs)
+    return project_subprocess([sys.executable, *args], env=env, **kwargs)

@@ -13,12 +13,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from delivery import selectors, services
+from delivery import idempotency, selectors, services
 from delivery.models import Priority, ReceiptState
-from delivery.selectors import MessageView
-
-#: Longest idempotency key a client may send.
-MAX_IDEMPOTENCY_KEY_LENGTH = 200
+from delivery.selectors import MessageDetail
 
 #: Largest page of ``GET /conversations/{id}/messages``.
 MAX_PAGE_SIZE = 500
@@ -67,7 +64,7 @@ def fast_message_input(data: Any) -> dict[str, Any] | None:
     if "client_message_id" in data:
         key = data["client_message_id"]
         # CharField trims surrounding whitespace: a key with any goes the long way.
-        if not _plain_text(key) or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or key != key.strip():
+        if type(key) is not str or idempotency.client_key_problem(key) or key != key.strip():
             return None
         validated["client_message_id"] = key
     priority = data.get("priority", Priority.NORMAL)
@@ -131,12 +128,18 @@ class MessageCreateApi(APIView):
     class InputSerializer(serializers.Serializer):
         conversation_id = serializers.UUIDField()
         content = StrictCharField(trim_whitespace=False)
-        client_message_id = StrictCharField(required=False, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
+        client_message_id = StrictCharField(required=False, max_length=idempotency.CLIENT_KEY_MAX_LENGTH)
         priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.NORMAL)
 
         def validate_content(self, value: str) -> str:
             if not value.strip():
                 raise serializers.ValidationError("content must not be empty")
+            return value
+
+        def validate_client_message_id(self, value: str) -> str:
+            problem = idempotency.client_key_problem(value)
+            if problem is not None:
+                raise serializers.ValidationError(problem)
             return value
 
     @extend_schema_serializer(component_name="MessageAck")
@@ -151,7 +154,7 @@ class MessageCreateApi(APIView):
 
     @extend_schema(
         request=InputSerializer,
-        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+        parameters=[OpenApiParameter(idempotency.HEADER, str, OpenApiParameter.HEADER, required=False)],
         responses={202: OutputSerializer, 200: OutputSerializer},
     )
     def post(self, request: Request) -> Response:
@@ -160,21 +163,14 @@ class MessageCreateApi(APIView):
             serializer = self.InputSerializer(data=request.data)
             serializer.is_valid(raise_exception=True)
             data = serializer.validated_data
-        header = request.headers.get("Idempotency-Key")
-        body_key = data.get("client_message_id")
-        if header is not None and not 0 < len(header) <= MAX_IDEMPOTENCY_KEY_LENGTH:
-            raise serializers.ValidationError(
-                {"Idempotency-Key": [f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"]}
-            )
-        if header is not None and body_key is not None and header != body_key:
-            raise serializers.ValidationError(
-                {"client_message_id": ["differs from the Idempotency-Key header; send one key"]}
-            )
+        client_key = idempotency.client_key_from(
+            header=request.headers.get(idempotency.HEADER), body=data.get(idempotency.BODY_FIELD)
+        )
         result = services.message_ingest(
             sender=_user(request),
             conversation_id=data["conversation_id"],
             content=data["content"],
-            client_key=header if header is not None else body_key,
+            client_key=client_key,
             priority=data["priority"],
             correlation_id=_correlation_id(request),
         )
@@ -219,8 +215,8 @@ class MessageDetailApi(APIView):
 
     @extend_schema(responses=OutputSerializer)
     def get(self, request: Request, message_id: Any) -> Response:
-        view: MessageView = selectors.message_view(user=_user(request), message_id=message_id)
-        return Response(self.OutputSerializer(view).data)
+        detail: MessageDetail = selectors.message_detail(user=_user(request), message_id=message_id)
+        return Response(self.OutputSerializer(detail).data)
 
 
 class ConversationMessagesApi(APIView):
@@ -321,14 +317,3 @@ class ReceiptCreateApi(APIView):
             {"message_id": str(message_id), "state": state, "created": created},
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
-
-
-class BareMessageApi(APIView):
-    """The ingress benchmark's baseline: validates a message body like ``MessageCreateApi``
-    (same authentication, parsers and renderers) and answers 202 without doing anything."""
-
-    @extend_schema(exclude=True)
-    def post(self, request: Request) -> Response:
-        serializer = MessageCreateApi.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        return Response({"state": "pending"}, status=status.HTTP_202_ACCEPTED)

@@ -12,8 +12,8 @@ from django.contrib.auth.models import User
 from django.db import connection
 from rest_framework.authtoken.models import Token
 
+from delivery.broker import get_broker
 from delivery.models import Conversation
-from delivery.queue import get_broker
 from tests.acceptance import harness
 
 CONVERSATIONS = 40

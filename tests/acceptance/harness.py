@@ -23,12 +23,13 @@ from typing import Any
 
 from django.db import connection
 
-from delivery.benchmarks import answers_ok
-from tests.conftest import ROOT, free_port, python_subprocess, wait_for
+from messaging_project import launch
+from tests.conftest import free_port, project_subprocess, wait_for
 
 
 class Service:
-    """A subprocess of the project (API server or workers) with its own log file."""
+    """A subprocess of the project (API server or workers) with its own log file;
+    ``argv`` is a command line of :mod:`messaging_project.launch`."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name = name
@@ -39,7 +40,7 @@ class Service:
 
     def start(self) -> None:
         log = self.log_path.open("ab")
-        self.process = python_subprocess(*self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.process = project_subprocess(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     @property
     def pid(self) -> int:
@@ -87,43 +88,16 @@ def project_env(*, database_url: str, redis_url: str, **extra: str) -> dict[str,
 
 def api_server(env: dict[str, str], log_dir: Path, *, workers: int = 2) -> tuple[Service, int]:
     port = free_port()
-    service = Service(
-        "api",
-        [
-            "-m",
-            "gunicorn",
-            "messaging_project.wsgi",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--config",
-            "python:messaging_project.gunicorn",
-        ],
-        env,
-        log_dir,
-    )
+    argv = launch.gunicorn_argv(bind=f"127.0.0.1:{port}", workers=workers)
+    service = Service("api", argv, env, log_dir)
     service.start()
-    wait_for(lambda: answers_ok(port, "/healthz"), timeout=60, what="the API server")
+    wait_for(lambda: launch.answers_ok(port, "/healthz"), timeout=60, what="the API server")
     return service, port
 
 
 def workers(env: dict[str, str], log_dir: Path, *, processes: int = 2, threads: int = 4) -> Service:
-    service = Service(
-        "workers",
-        [
-            str(ROOT / "manage.py"),
-            "runworkers",
-            "--processes",
-            str(processes),
-            "--threads",
-            str(threads),
-            "--worker-shutdown-timeout",
-            "20000",
-        ],
-        env,
-        log_dir,
-    )
+    argv = launch.runworkers_argv(processes=processes, threads=threads, shutdown_timeout_ms=20_000)
+    service = Service("workers", argv, env, log_dir)
     service.start()
     return service
 

@@ -10,7 +10,8 @@ import pytest
 from django.db import connection
 
 from delivery.models import Conversation, Message
-from tests.conftest import ROOT, python_subprocess
+from messaging_project import launch
+from tests.conftest import project_subprocess
 
 pytestmark = pytest.mark.acceptance
 
@@ -49,8 +50,8 @@ def run_benchmark(scenario: str, redis_url: str) -> dict[str, Any]:
         "DJANGO_SETTINGS_MODULE": "messaging_project.settings",
         "LOG_LEVEL": "WARNING",
     }
-    process = python_subprocess(
-        str(ROOT / "manage.py"), "benchmark", scenario, *SMOKE[scenario], "--json",
+    process = project_subprocess(
+        launch.manage_argv("benchmark", scenario, *SMOKE[scenario], "--json"),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     out, err = process.communicate(timeout=300)
@@ -84,8 +85,8 @@ def test_benchmark_scenario_prints_sane_figures_and_cleans_up(
 
 def test_benchmark_says_clearly_when_redis_is_unreachable(transactional_db):
     db = connection.settings_dict
-    process = python_subprocess(
-        str(ROOT / "manage.py"), "benchmark", "broker",
+    process = project_subprocess(
+        launch.manage_argv("benchmark", "broker"),
         env={"DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
              "REDIS_URL": "redis://127.0.0.1:1/0", "DJANGO_SETTINGS_MODULE": "messaging_project.settings"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,

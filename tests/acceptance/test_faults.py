@@ -14,8 +14,8 @@ from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test import Client
 
+from delivery.broker import get_broker
 from delivery.models import DeadLetter, Message
-from delivery.queue import get_broker
 from tests.acceptance import harness
 from tests.acceptance.conftest import CONVERSATIONS, PER_CONVERSATION
 from tests.acceptance.harness import LoadGenerator, TcpProxy

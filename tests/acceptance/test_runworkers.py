@@ -8,8 +8,9 @@ import subprocess
 import pytest
 from django.db import connection
 
+from messaging_project import launch
 from tests.acceptance import harness
-from tests.conftest import ROOT, python_subprocess, wait_for
+from tests.conftest import project_subprocess, wait_for
 
 pytestmark = pytest.mark.acceptance
 
@@ -21,7 +22,7 @@ def _database_url() -> str:
 
 def test_runworkers_waits_for_an_unreachable_redis_and_says_so(transactional_db, tmp_path):
     env = harness.project_env(database_url=_database_url(), redis_url="redis://127.0.0.1:1/0")
-    workers = harness.Service("workers", [str(ROOT / "manage.py"), "runworkers", "-p", "1"], env, tmp_path)
+    workers = harness.Service("workers", launch.manage_argv("runworkers", "-p", "1"), env, tmp_path)
     workers.start()
     try:
         wait_for(
@@ -39,8 +40,8 @@ def test_runworkers_starts_nothing_when_consumers_are_disabled(transactional_db,
     env = harness.project_env(
         database_url=_database_url(), redis_url=redis_url, ENABLE_STREAM_CONSUMERS="false"
     )
-    process = python_subprocess(
-        str(ROOT / "manage.py"), "runworkers", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    process = project_subprocess(
+        launch.manage_argv("runworkers"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     out, _ = process.communicate(timeout=60)
     assert process.returncode == 0
@@ -49,8 +50,8 @@ def test_runworkers_starts_nothing_when_consumers_are_disabled(transactional_db,
 
 def test_a_bad_setting_stops_start_up_with_a_message_naming_it(redis_url):
     env = {"STREAM_PARTITIONS": "abc", "DJANGO_SETTINGS_MODULE": "messaging_project.settings"}
-    process = python_subprocess(
-        str(ROOT / "manage.py"), "runworkers", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    process = project_subprocess(
+        launch.manage_argv("runworkers"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     out, _ = process.communicate(timeout=60)
     assert process.returncode != 0

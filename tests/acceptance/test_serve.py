@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from delivery.benchmarks import answers_ok
+from messaging_project import launch
 from tests.acceptance import harness
-from tests.conftest import ROOT, free_port, wait_for
+from tests.conftest import free_port, wait_for
 
 pytestmark = pytest.mark.acceptance
 
@@ -42,11 +42,11 @@ def test_serve_persists_a_message_on_sqlite_and_stops_on_ctrl_c(tmp_path, redis_
     port = free_port()
     database_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     env = harness.project_env(database_url=database_url, redis_url=redis_url, STREAM_NAMESPACE="serve-test")
-    service = harness.Service("serve", [str(ROOT / "manage.py"), "serve", "--port", str(port)], env, tmp_path)
+    service = harness.Service("serve", launch.manage_argv("serve", "--port", str(port)), env, tmp_path)
     service.start()
     try:
         token = wait_for(lambda: _token(service.log_lines()), timeout=120, what="the demo user's API token")
-        wait_for(lambda: answers_ok(port, "/healthz"), timeout=60, what="the API")
+        wait_for(lambda: launch.answers_ok(port, "/healthz"), timeout=60, what="the API")
         client = harness.LoadGenerator(port, token)
         status, conversation = client.post("/api/v1/conversations", {"participants": []})
         assert status == 201, conversation

@@ -13,8 +13,8 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from brokers import RedisStreamsBroker
+from delivery.broker import get_broker
 from delivery.models import Conversation
-from delivery.queue import get_broker
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from django.test import Client
 
 from delivery import services
 from delivery.models import DeadLetter, Message
+from delivery.services import persistence
 from tests.delivery.conftest import make_user
 from tests.delivery.test_persistence_and_reads import send
 
@@ -24,14 +25,14 @@ def dead_letters(
     api, conversation, run_worker, project_broker, monkeypatch
 ) -> Callable[..., list[DeadLetter]]:
     """Make messages whose content contains POISON fail for good, and mirror them."""
-    real = services._persist
+    real = persistence._persist
 
     def failing(envelopes: list[dict[str, Any]]) -> Any:
         if any("POISON" in e.get("content", "") for e in envelopes):
             raise ValueError("cannot persist " + XSS)
         return real(envelopes)
 
-    monkeypatch.setattr(services, "_persist", failing)
+    monkeypatch.setattr(persistence, "_persist", failing)
     actor = project_broker.actors["persist_messages"]
     monkeypatch.setitem(actor.options, "max_retries", 0)
 
@@ -44,7 +45,7 @@ def dead_letters(
         return list(DeadLetter.objects.order_by("seq"))
 
     def fix() -> None:
-        monkeypatch.setattr(services, "_persist", real)
+        monkeypatch.setattr(persistence, "_persist", real)
 
     make.fix = fix  # type: ignore[attr-defined]
     return make

@@ -18,7 +18,8 @@ from rest_framework.test import APIClient
 from brokers import RedisStreamsBroker, partition_for
 from delivery import services
 from delivery.api.views import MessageCreateApi, fast_message_input
-from delivery.models import Message
+from delivery.models import Conversation, DeadLetter, Message
+from delivery.services import ingest
 from tests.conftest import wait_for
 from tests.delivery.conftest import client_for
 
@@ -77,6 +78,97 @@ def test_client_keys_are_scoped_per_sender(api, conversation, bob):
     from_bob = post(client_for(bob), body)
     assert from_bob.status_code == 202
     assert from_bob.json()["message_id"] != from_alice["message_id"]
+
+
+def _two_conversations(
+    alice: Any, broker: RedisStreamsBroker, *, same_partition: bool
+) -> tuple[Conversation, Conversation]:
+    """Two conversations of alice and bob, on one partition or on two."""
+    first = services.conversation_create(creator=alice, participant_usernames=["bob"])
+    partition = partition_for(str(first.pk), broker.partitions)
+    while True:
+        other = services.conversation_create(creator=alice, participant_usernames=["bob"])
+        if (partition_for(str(other.pk), broker.partitions) == partition) == same_partition:
+            return first, other
+
+
+@pytest.mark.parametrize("same_partition", [False, True], ids=["two partitions", "one partition"])
+def test_the_same_client_key_in_another_conversation_is_another_message_and_both_are_persisted(
+    api, alice, bob, run_worker, project_broker, redis_client, same_partition
+):
+    first, second = _two_conversations(alice, project_broker, same_partition=same_partition)
+    bodies = [
+        {"conversation_id": str(first.pk), "content": "hi", "client_message_id": "k-1"},
+        {"conversation_id": str(second.pk), "content": "something else", "client_message_id": "k-1"},
+    ]
+
+    answers = [post(api, body) for body in bodies]
+
+    assert [a.status_code for a in answers] == [202, 202], [a.content for a in answers]
+    ids = [a.json()["message_id"] for a in answers]
+    assert ids[0] != ids[1] and [a.json()["seq"] for a in answers] == [1, 1]
+    repeats = [post(api, body) for body in bodies]  # each a repeat in its own conversation
+    assert [(r.status_code, r.json()["message_id"]) for r in repeats] == [(200, ids[0]), (200, ids[1])]
+    run_worker()
+    project_broker.join("messages", timeout=10_000)
+    persisted = {str(i): str(c) for i, c in Message.objects.values_list("id", "conversation_id")}
+    assert persisted == {ids[0]: str(first.pk), ids[1]: str(second.pk)}
+    assert project_broker.dead_letters("messages") == [] and DeadLetter.objects.count() == 0
+    # Once the Redis records are gone, the database finds each repeat in its own conversation.
+    for key in redis_client.keys("*:idem:*"):
+        redis_client.delete(key)
+    late = [post(api, body) for body in bodies]
+    assert [(r.status_code, r.json()["message_id"]) for r in late] == [(200, ids[0]), (200, ids[1])]
+
+
+#: Printable ASCII at the limits: space (inside: surrounding spaces are trimmed) and tilde
+#: are the first and the last character allowed; 200 characters.
+_LONGEST_KEY = "! ~" + "k" * 197
+
+
+@pytest.mark.parametrize(
+    ("where", "key"),
+    [
+        ("header", "é".encode().decode("latin-1")),  # a raw UTF-8 header, as Django decodes it
+        ("header", "ключ"),
+        ("header", "k" * 201),
+        ("header", ""),
+        ("header", "tab\there"),
+        ("header", "del\x7f"),
+        ("body", "ключ"),
+        ("body", "é"),
+        ("body", "k" * 201),
+        ("body", "a\x01b"),
+        ("body", "line\nbreak"),
+        ("body", "del\x7f"),
+    ],
+)
+def test_client_keys_that_are_not_1_to_200_printable_ascii_characters_are_400_naming_the_field(
+    api, conversation, project_broker, where, key
+):
+    body = {"conversation_id": str(conversation.pk), "content": "hi"}
+    if where == "header":
+        response = post(api, body, HTTP_IDEMPOTENCY_KEY=key)
+    else:
+        response = post(api, {**body, "client_message_id": key})
+
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "invalid"
+    field = "Idempotency-Key" if where == "header" else "client_message_id"
+    assert list(response.json()["errors"]) == [field]
+    assert sum(s.length for s in project_broker.partition_stats("messages")) == 0
+
+
+def test_a_key_of_200_printable_ascii_characters_is_accepted_in_the_header_and_the_body(api, conversation):
+    by_header = post(
+        api, {"conversation_id": str(conversation.pk), "content": "hi"}, HTTP_IDEMPOTENCY_KEY=_LONGEST_KEY
+    )
+    in_body = post(
+        api, {"conversation_id": str(conversation.pk), "content": "hi", "client_message_id": _LONGEST_KEY}
+    )
+    assert len(_LONGEST_KEY) == 200
+    assert (by_header.status_code, in_body.status_code) == (202, 200)
+    assert in_body.json()["message_id"] == by_header.json()["message_id"]
 
 
 def test_same_key_with_a_different_body_is_422_and_changes_nothing(api, conversation, project_broker):
@@ -176,7 +268,7 @@ def test_content_over_the_limit_is_413(api, conversation, project_broker):
 
 def test_redis_unreachable_is_503_with_retry_after_and_nothing_half_done(api, conversation, monkeypatch):
     dead = RedisStreamsBroker(client=redis.Redis(port=1, socket_connect_timeout=0.5))
-    monkeypatch.setattr(services, "get_broker", lambda: dead)
+    monkeypatch.setattr(ingest, "get_broker", lambda: dead)
     response = post(api, {"conversation_id": str(conversation.pk), "content": "hi"})
     assert response.status_code == 503
     assert response["Retry-After"] == "1"

@@ -12,8 +12,11 @@ from django.db import IntegrityError, connection, transaction
 from django.test import override_settings
 from rest_framework.test import APIClient
 
+from brokers import RedisStreamsBroker
 from delivery import selectors, services
+from delivery.errors import IdempotencyKeyConflict
 from delivery.models import Conversation, DeadLetter, Message, MessageReceipt, ReceiptState
+from delivery.services import persistence
 from tests.conftest import wait_for
 from tests.delivery.conftest import client_for, make_user
 
@@ -48,9 +51,10 @@ def test_happy_path_message_goes_from_pending_to_persisted_with_sent_receipts(
         {"user": "bob", "state": "sent", "timestamp": persisted["receipts"][0]["timestamp"]}
     ]
     row = Message.objects.get(pk=ack["message_id"])
-    assert row.idempotency_key == f"c:{row.sender_id}:c1" and row.correlation_id == ack["correlation_id"]
+    assert row.idempotency_key == f"c:{row.sender_id}:{conversation.pk}:c1"
+    assert row.correlation_id == ack["correlation_id"]
     assert all(s.length == 0 for s in project_broker.partition_stats("messages"))
-    assert selectors.pending_record(ack["message_id"]) is None  # deleted with the ack
+    assert selectors.pending_message(ack["message_id"]) is None  # deleted with the ack
 
 
 def test_conversation_rows_are_complete_unique_and_persisted_in_seq_order(
@@ -139,7 +143,7 @@ def test_a_different_message_with_a_used_key_is_a_conflict_not_a_silent_drop(ali
         "content": "x",
     }
     services.messages_persist(envelopes=[{**base, "message_id": str(uuid.uuid4()), "seq": 1}])
-    with pytest.raises(services.IdempotencyKeyConflict):
+    with pytest.raises(IdempotencyKeyConflict):
         services.messages_persist(envelopes=[{**base, "message_id": str(uuid.uuid4()), "seq": 2}])
     assert Message.objects.count() == 1
 
@@ -305,7 +309,8 @@ def test_readyz_is_503_with_a_reason_when_redis_is_down(transactional_db, monkey
 
     from delivery.api import health
 
-    monkeypatch.setattr(health, "redis_client", lambda: redis.Redis(port=1, socket_connect_timeout=0.5))
+    dead = RedisStreamsBroker(client=redis.Redis(port=1, socket_connect_timeout=0.5))
+    monkeypatch.setattr(health, "get_broker", lambda: dead)
     response = APIClient().get("/readyz")
     assert response.status_code == 503
     assert response.json()["checks"]["redis"].startswith("unreachable")
@@ -315,14 +320,14 @@ def test_readyz_is_503_with_a_reason_when_redis_is_down(transactional_db, monkey
 def test_poison_message_is_dead_lettered_and_its_conversation_continues(
     api, conversation, run_worker, project_broker, monkeypatch
 ):
-    real = services._persist
+    real = persistence._persist
 
     def failing(envelopes: list[dict[str, Any]]) -> Any:
         if any(e.get("content") == "poison" for e in envelopes):
             raise ValueError("cannot persist poison")
         return real(envelopes)
 
-    monkeypatch.setattr(services, "_persist", failing)
+    monkeypatch.setattr(persistence, "_persist", failing)
     project_broker.actors["persist_messages"].options.update(min_backoff=10, max_backoff=20)
     try:
         acks = [send(api, conversation, c) for c in ("a", "poison", "b")]
@@ -337,7 +342,7 @@ def test_poison_message_is_dead_lettered_and_its_conversation_continues(
     assert api.get(f"/api/v1/messages/{acks[1]['message_id']}").json()["state"] == "dead_lettered"
 
     # fixed and requeued: persisted in its original place
-    monkeypatch.setattr(services, "_persist", real)
+    monkeypatch.setattr(persistence, "_persist", real)
     assert services.dead_letter_requeue(dead_letter=dead, user=None) is True
     project_broker.join("messages", timeout=10_000)
     wait_for(lambda: Message.objects.count() == 3, timeout=10)

@@ -16,6 +16,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import QuerySet
 from django.utils import timezone
+from dramatiq.errors import BrokerConnectionError
 
 from delivery import services
 from delivery.errors import ServiceUnavailable
@@ -61,7 +62,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             services.dead_letters_mirror()
-        except Exception as error:  # still useful for what the database already has
+        except BrokerConnectionError as error:  # still useful for what the database already has
             self.stderr.write(f"warning: could not read the dead-letter streams: {error}")
         action = options["action"]
         if action == "show":

@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,8 +25,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
+from dramatiq.errors import BrokerConnectionError
 
-from messaging_project.config import BASE_DIR
+from messaging_project import launch
 
 logger = logging.getLogger("delivery.runworkers")
 
@@ -86,14 +86,14 @@ class Command(BaseCommand):
 
 def wait_for_services(stop: threading.Event) -> bool:
     """Wait (with backoff, saying what for) until Redis and the database answer."""
-    from delivery.selectors import redis_client
+    from delivery.broker import get_broker
 
     delay = 0.5
     while not stop.is_set():
         problems = []
         try:
-            redis_client().ping()
-        except Exception as error:
+            get_broker().ping()
+        except BrokerConnectionError as error:
             problems.append(f"Redis at {settings.REDIS_URL} ({error})")
         try:
             connection.ensure_connection()
@@ -139,9 +139,7 @@ class Supervisor:
         self.shutdown()
 
     def spawn(self, child_id: int) -> None:
-        argv = [
-            sys.executable,
-            str(Path(BASE_DIR) / "manage.py"),
+        argv = launch.manage_argv(
             "runworkers",
             "--child",
             str(child_id),
@@ -149,7 +147,7 @@ class Supervisor:
             str(self.options["threads"]),
             "--worker-shutdown-timeout",
             str(self.options["worker_shutdown_timeout"]),
-        ]
+        )
         if self.options["queues"]:
             argv += ["--queues", *self.options["queues"]]
         argv += ["--verbose"] * self.options["verbose"]
@@ -224,7 +222,7 @@ class Supervisor:
             start_http_server,
         )
 
-        from delivery.queue import get_broker
+        from delivery.broker import get_broker
 
         self.metrics_dir = Path(tempfile.mkdtemp(prefix="delivery-metrics-"))
         registry = CollectorRegistry()
@@ -244,7 +242,7 @@ def run_child(options: dict[str, Any]) -> None:
     """One worker process: a Dramatiq Worker on the project's broker."""
     from dramatiq import Worker
 
-    from delivery.queue import get_broker
+    from delivery.broker import get_broker
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

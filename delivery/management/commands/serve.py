@@ -11,10 +11,8 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +23,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from rest_framework.authtoken.models import Token
 
+from messaging_project import launch
 from messaging_project.config import BASE_DIR, VAR_DIR
 
 
@@ -43,34 +42,16 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
         self.ensure_demo_user(options)
-        manage = str(Path(BASE_DIR) / "manage.py")
         children = [
             subprocess.Popen(
-                [
-                    sys.executable,
-                    manage,
-                    "runworkers",
-                    "--processes",
-                    str(options["processes"]),
-                    "--threads",
-                    str(options["threads"]),
-                ]
+                launch.runworkers_argv(processes=options["processes"], threads=options["threads"])
             ),
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "messaging_project.wsgi",
-                    "--bind",
-                    f"{options['host']}:{options['port']}",
-                    "--workers",
-                    str(options["web_workers"]),
-                    "--config",
-                    "python:messaging_project.gunicorn",
-                    "--access-logfile",
-                    "-",
-                ],
+                launch.gunicorn_argv(
+                    bind=f"{options['host']}:{options['port']}",
+                    workers=options["web_workers"],
+                    access_log=True,
+                ),
                 cwd=BASE_DIR,
             ),
         ]

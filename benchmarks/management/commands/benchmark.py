@@ -9,7 +9,12 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from delivery import benchmarks
+from benchmarks.broker import run_broker
+from benchmarks.e2e import run_e2e
+from benchmarks.ingress import run_ingress
+from benchmarks.persist import run_persist
+from benchmarks.report import BenchmarkError, Report, check_services
+from benchmarks.takeover import run_takeover
 
 SCENARIOS = ("broker", "persist", "ingress", "e2e", "takeover")
 
@@ -32,15 +37,15 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            benchmarks.check_services()
-        except benchmarks.BenchmarkError as error:
+            check_services()
+        except BenchmarkError as error:
             raise CommandError(str(error)) from None
         scenarios = SCENARIOS if options["scenario"] == "all" else (options["scenario"],)
         results = []
         for scenario in scenarios:
             try:
                 report = self.run(scenario, options)
-            except benchmarks.BenchmarkError as error:
+            except BenchmarkError as error:
                 raise CommandError(f"{scenario}: {error}") from None
             self.progress("")
             for key, value in report.figures.items():
@@ -49,18 +54,19 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(json.dumps(results[0] if len(results) == 1 else {"scenarios": results}))
 
-    def run(self, scenario: str, options: dict[str, Any]) -> benchmarks.Report:
+    def run(self, scenario: str, options: dict[str, Any]) -> Report:
+        """Run one scenario with the command's options."""
         messages = options["messages"] or DEFAULT_MESSAGES.get(scenario, 0)
         rounds, threads = options["rounds"], options["threads"]
         if scenario == "broker":
-            return benchmarks.run_broker(messages, rounds, threads, self.progress)
+            return run_broker(messages, rounds, threads, self.progress)
         if scenario == "persist":
-            return benchmarks.run_persist(messages, rounds, threads, options["batch_size"], self.progress)
+            return run_persist(messages, rounds, threads, options["batch_size"], self.progress)
         if scenario == "ingress":
-            return benchmarks.run_ingress(options["seconds"], rounds, self.progress)
+            return run_ingress(options["seconds"], rounds, self.progress)
         if scenario == "e2e":
-            return benchmarks.run_e2e(messages, options["rate"], self.progress)
-        return benchmarks.run_takeover(rounds, self.progress)
+            return run_e2e(messages, options["rate"], self.progress)
+        return run_takeover(rounds, self.progress)
 
     def progress(self, text: str) -> None:
         """A one-line progress display on a terminal (nothing otherwise)."""

@@ -1,0 +1,46 @@
+"""The project's broker, one :class:`brokers.RedisStreamsBroker` built from settings, and
+the names that ingress and the workers agree on (queue, actor, pending-message keys)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import dramatiq
+from django.conf import settings
+
+from brokers import RedisStreamsBroker
+from delivery.sequences import sequence_floor
+from delivery.worker_middleware import DbConnections
+
+#: The queue the persist actor consumes.
+MESSAGES_QUEUE = "messages"
+
+#: The persist actor's name (see ``delivery.actors``).
+PERSIST_ACTOR = "persist_messages"
+
+#: How long an acknowledged message stays readable before it is persisted, in
+#: milliseconds (the ack of its persistence deletes it sooner; a dead letter keeps it).
+PENDING_MESSAGE_TTL_MS = 86_400_000
+
+
+def pending_message_key(message_id: str) -> str:
+    """The Redis key under which the enqueue script keeps an acknowledged message until
+    its persistence is acked (the broker's ``view_key`` option)."""
+    return f"{settings.STREAM_NAMESPACE}:pending:{message_id}"
+
+
+@cache
+def get_broker() -> RedisStreamsBroker:
+    """The process's broker (also installed as Dramatiq's global broker)."""
+    broker = RedisStreamsBroker(
+        settings.REDIS_URL,
+        partitions=settings.STREAM_PARTITIONS,
+        namespace=settings.STREAM_NAMESPACE,
+        poll_interval_ms=settings.STREAM_POLL_INTERVAL_MS,
+        fetch_count=max(10, settings.STREAM_BATCH_SIZE),
+        idempotency_ttl_ms=settings.IDEMPOTENCY_TTL_MS,
+        sequence_floor=sequence_floor,
+    )
+    broker.add_middleware(DbConnections())
+    dramatiq.set_broker(broker)
+    return broker

@@ -1,0 +1,24 @@
+"""Writes of the delivery domain (HackSoft services), one module per sub-domain:
+conversations, ingest, persistence, receipts and dead letters.
+
+Views, actors, the admin and commands call these (``services.message_ingest(...)``);
+none of them holds business rules.
+"""
+
+from delivery.services.conversations import conversation_create
+from delivery.services.dead_letters import dead_letter_discard, dead_letter_requeue, dead_letters_mirror
+from delivery.services.ingest import IngestResult, message_ingest
+from delivery.services.persistence import PersistOutcome, messages_persist
+from delivery.services.receipts import receipt_record
+
+__all__ = [
+    "IngestResult",
+    "PersistOutcome",
+    "conversation_create",
+    "dead_letter_discard",
+    "dead_letter_requeue",
+    "dead_letters_mirror",
+    "message_ingest",
+    "messages_persist",
+    "receipt_record",
+]
