@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.logging import get_logger
 
-from brokers.store import StreamStore
+from brokers.store import Acks, Done, StreamStore
 
 #: How long the acker thread lets deferred acks gather before writing them, in seconds.
 #: A crash loses at most this much more acks (their messages run again, in order).
@@ -25,9 +25,6 @@ ACK_LINGER_S = 0.005
 
 #: Pause after a failed write before the acker tries again, in seconds.
 ACK_RETRY_S = 0.5
-
-#: Acks by partition, and the views (``view_key`` option) deleted with them.
-Acks = tuple[dict[int, list[str]], dict[int, list[str]]]
 
 
 class DeferredAcks:
@@ -40,32 +37,34 @@ class DeferredAcks:
         self.wakeup = wakeup
         self.logger = get_logger(__name__, type(self))
         self._lock = threading.Lock()
-        self._ids: dict[int, list[str]] = {}
-        self._views: dict[int, list[str]] = {}
+        self._deferred: Acks = {}
         self._ready = threading.Event()
         self._writing = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
-    def add(self, partition: int, ids: list[str], views: list[str]) -> None:
-        """Defer the acks of processed entries (and the deletion of their views)."""
+    def add(self, partition: int, done: Done) -> None:
+        """Defer the acks of processed entries (and what goes with them)."""
         with self._lock:
-            self._ids.setdefault(partition, []).extend(ids)
-            if views:
-                self._views.setdefault(partition, []).extend(views)
+            deferred = self._deferred.get(partition)
+            if deferred is None:
+                deferred = self._deferred[partition] = Done()
+            deferred.ids += done.ids
+            deferred.located += done.located
+            deferred.records += done.records
         self._ready.set()
 
     def pending(self, partition: int) -> bool:
         """Whether ``partition`` has acks not yet written."""
-        return bool(self._ids.get(partition))
+        return partition in self._deferred
 
     def flush(self) -> None:
         """Write every deferred ack now (one round trip on a single node)."""
         with self._writing:
             acks = self._taken()
-            if not acks[0]:
+            if not acks:
                 return
-            self.store.ack(self.queue_name, *acks)
+            self.store.ack(self.queue_name, acks)
             self._written(acks)
         self.wakeup.set()
 
@@ -79,7 +78,7 @@ class DeferredAcks:
             return
         try:
             acks = self._taken()
-            if not acks[0]:
+            if not acks:
                 yield None
                 return
             yield acks
@@ -111,20 +110,20 @@ class DeferredAcks:
 
     def _taken(self) -> Acks:
         with self._lock:
-            return (
-                {p: list(ids) for p, ids in self._ids.items() if ids},
-                {p: list(keys) for p, keys in self._views.items() if keys},
-            )
+            return {p: Done(list(d.ids), list(d.located), list(d.records)) for p, d in self._deferred.items()}
 
     def _written(self, acks: Acks) -> None:
+        """Drop what was written (more may have been added meanwhile)."""
         with self._lock:
-            for written, pending in zip(acks, (self._ids, self._views), strict=True):
-                for p, items in written.items():
-                    rest = pending.get(p, [])[len(items) :]
-                    if rest:
-                        pending[p] = rest
-                    else:
-                        pending.pop(p, None)
+            for p, written in acks.items():
+                deferred = self._deferred.get(p)
+                if deferred is None:
+                    continue
+                deferred.ids = deferred.ids[len(written.ids) :]
+                deferred.located = deferred.located[len(written.located) :]
+                deferred.records = deferred.records[len(written.records) :]
+                if not deferred.ids:
+                    del self._deferred[p]
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -26,9 +26,10 @@ from redis.cluster import RedisCluster
 
 from brokers import metrics
 from brokers.consumer import ConsumerSettings, StreamConsumer
+from brokers.enqueue import Enqueuer, EnqueueSettings
 from brokers.errors import redis_unreachable_as_connection_closed
 from brokers.inspect import Inspector
-from brokers.keys import PartitionKeys, partition_for
+from brokers.keys import PartitionKeys
 from brokers.leases import LeaseCoordinator
 from brokers.ownership import QueueState
 from brokers.partition import PartitionState
@@ -39,7 +40,7 @@ from brokers.reader import (
     DEFAULT_IDLE_POLL_MAX_MS,
     ReaderSettings,
 )
-from brokers.records import DeadLetterEntry, PartitionStats, StreamEntry, text
+from brokers.records import DeadLetterEntry, PartitionStats, StreamEntry
 from brokers.retries import InPlaceRetries
 from brokers.store import StreamStore
 
@@ -58,8 +59,9 @@ DEFAULT_IDEMPOTENCY_TTL_MS = 86_400_000
 #: Longest single blocking wait of idle partitions, in milliseconds.
 DEFAULT_POLL_INTERVAL_MS = 5000
 
-#: Default lifetime of a message's view (``view_key`` option), in milliseconds.
-DEFAULT_VIEW_TTL_MS = 86_400_000
+#: How long an idempotency record kept until its message is done lives after the ack, in
+#: milliseconds: a repeat racing with the ack is still answered from Redis meanwhile.
+DEFAULT_IDEMPOTENCY_GRACE_MS = 60_000
 
 #: Entries one partition may hold in a worker's memory (waiting behind blocked keys or in
 #: flight); when full, the partition reads no more until some finish.
@@ -85,7 +87,8 @@ class RedisStreamsBroker(Broker):
         a partition at a time.
       lookahead: entries one partition may hold in memory past blocked keys.
       lease_ttl_ms, heartbeat_interval_ms: partition lease tuning.
-      idempotency_ttl_ms: default lifetime of idempotency keys.
+      idempotency_ttl_ms: default lifetime of idempotency records (0: until done).
+      idempotency_grace_ms: lifetime of a record kept until done, after the ack.
       poll_interval_ms: longest blocking wait of idle partitions.
       fetch_count: entries read per partition and round trip, at most.
       idle_poll_max_ms, delay_check_ms: consumer polling tuning.
@@ -93,8 +96,9 @@ class RedisStreamsBroker(Broker):
         (new, or lost with Redis's data); returns the last number already used.
 
     Message options: ``partition_key``, ``idempotency_key`` (with optional
-    ``idempotency_ttl_ms``), ``sequence_key`` and ``view_key`` (``view_ttl_ms``); the
-    returned message carries ``seq`` and, for a repeat, ``idempotent_hit``.
+    ``idempotency_ttl_ms``; a record keeps ``fingerprint`` and ``correlation_id``),
+    ``sequence_key`` and ``locate``; the returned message carries ``seq`` and, for a
+    repeat, ``idempotent_hit``.
     """
 
     def __init__(
@@ -110,6 +114,7 @@ class RedisStreamsBroker(Broker):
         lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS,
         heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS,
         idempotency_ttl_ms: int = DEFAULT_IDEMPOTENCY_TTL_MS,
+        idempotency_grace_ms: int = DEFAULT_IDEMPOTENCY_GRACE_MS,
         poll_interval_ms: int = DEFAULT_POLL_INTERVAL_MS,
         fetch_count: int = DEFAULT_FETCH_COUNT,
         idle_poll_max_ms: int = DEFAULT_IDLE_POLL_MAX_MS,
@@ -152,7 +157,13 @@ class RedisStreamsBroker(Broker):
             )
         self.client = client
         self.consumer_name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.store = StreamStore(client, namespace=namespace, consumer_name=self.consumer_name)
+        self.store = StreamStore(
+            client,
+            namespace=namespace,
+            consumer_name=self.consumer_name,
+            idempotency_grace_ms=idempotency_grace_ms,
+        )
+        self.enqueuer = Enqueuer(self.store, EnqueueSettings(partitions, idempotency_ttl_ms, sequence_floor))
         self.inspector = Inspector(self.store, partitions)
         self._states: dict[str, QueueState] = {}
         self._coordinator: LeaseCoordinator | None = None
@@ -182,8 +193,7 @@ class RedisStreamsBroker(Broker):
 
     def partition_of(self, message: Message[Any]) -> int:
         """The partition ``message`` goes to."""
-        key = message.options.get("partition_key")
-        return partition_for(str(key if key is not None else message.message_id), self.partitions)
+        return self.enqueuer.partition_of(message)
 
     def batch_size_of(self, actor_name: str) -> int | None:
         """How many messages ``actor_name`` takes at once; None unless it takes batches.
@@ -229,76 +239,29 @@ class RedisStreamsBroker(Broker):
 
         Returns the message with ``options["seq"]`` (when ``sequence_key`` was given),
         ``options["partition"]`` and ``options["stream_id"]``; for a repeat of an
-        ``idempotency_key``, the *original* message with ``options["idempotent_hit"]``.
+        ``idempotency_key``, the *original* message (its id, timestamp, ``seq``,
+        ``fingerprint`` and ``correlation_id``; no arguments) with ``options["idempotent_hit"]``.
 
-        With option ``view_key``, the same script also stores the message and its ``seq``
-        under that key (for ``view_ttl_ms``, default a day), so it can be looked up by
-        :meth:`message_view` while in flight; a successful ack deletes it, a dead letter
-        keeps it. On a Redis Cluster the key must share the partition's hash tag.
+        The idempotency record lives ``idempotency_ttl_ms`` (option; the broker's default
+        otherwise); ``0`` keeps it until the message is done: after its ack, for the
+        broker's ``idempotency_grace_ms``; when dead-lettered, until it is requeued and done,
+        or discarded. With option ``locate``, the same script notes where the message is
+        (:meth:`locate` finds it), forgotten with the ack.
         """
+        return self.enqueue_many([message], delay=delay)[0]
+
+    def enqueue_many(self, messages: list[Message[Any]], *, delay: int | None = None) -> list[Message[Any]]:
+        """:meth:`enqueue` several messages: one atomic script call per partition, all
+        partitions in one round trip. Answers in order; a repeat within the list is answered
+        with the first message."""
         if delay is not None and delay < 0:
             raise ValueError("delay must not be negative")
-        options = message.options
-        partition = self.partition_of(message)
-        keys = self.keys(message.queue_name, partition)
-        idempotency_key = options.get("idempotency_key")
-        ttl = int(options.get("idempotency_ttl_ms") or self.idempotency_ttl_ms) if idempotency_key else 0
-        sequence_key = options.get("sequence_key")
-        view_key = options.get("view_key")
-        view_ttl = int(options.get("view_ttl_ms") or DEFAULT_VIEW_TTL_MS) if view_key else 0
-        if view_key and not self.store.same_slot(str(view_key), keys.stream):
-            raise ValueError(f"view_key {view_key!r} must share the partition's hash tag on a Redis Cluster")
-        self.emit_before("enqueue", message, delay)
-        encoded = message.encode()
-        # The idempotency record keeps the message without its arguments: a repeat gets the
-        # original id, options and seq, and Redis does not hold every payload for a day.
-        record = message.copy(args=(), kwargs={}).encode() if idempotency_key else b""
-        script_keys = [
-            keys.stream,
-            keys.delayed,
-            keys.idempotency(str(idempotency_key or "")),
-            keys.sequence(str(sequence_key or "")),
-            str(view_key) if view_key else keys.stream,
-        ]
-        floor = ""
-        while True:
-            args = [
-                encoded,
-                record,
-                ttl,
-                "1" if sequence_key else "0",
-                floor,
-                "1" if self.sequence_floor else "0",
-                int(delay or 0),
-                view_ttl,
-            ]
-            result = self.store.enqueue(script_keys, args)
-            if int(result[0]) != 2:
-                break
-            assert self.sequence_floor is not None and sequence_key
-            floor = str(int(self.sequence_floor(str(sequence_key))))
-        if int(result[0]) == 1:
-            message = self._original(result[1], result[2], result[3], partition)
-            metrics.STREAM_IDEMPOTENT_HIT.labels(str(partition)).inc()
-        else:
-            # The message is the caller's: its options get the partition, id and seq in place.
-            options["partition"] = partition
-            if result[1]:
-                options["stream_id"] = text(result[1])
-            if result[2]:
-                options["seq"] = int(result[2])
-            metrics.STREAM_ENQUEUE.labels(str(partition), str(options.get("priority", "normal"))).inc()
-        self.emit_after("enqueue", message, delay)
-        return message
-
-    @staticmethod
-    def _original(record: bytes, seq: Any, stream_id: Any, partition: int) -> Message[Any]:
-        options: dict[str, Any] = {"idempotent_hit": True, "partition": partition}
-        if text(seq):
-            options["seq"] = int(text(seq))
-        if text(stream_id):
-            options["stream_id"] = text(stream_id)
-        return Message.decode(record).copy(options=options)
+        for message in messages:
+            self.emit_before("enqueue", message, delay)
+        sent = self.enqueuer.enqueue(messages, delay)
+        for message in sent:
+            self.emit_after("enqueue", message, delay)
+        return sent
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> StreamConsumer:
         """A consumer of the partitions of ``queue_name`` that this process leases."""
@@ -408,27 +371,48 @@ class RedisStreamsBroker(Broker):
         and the lease holder (:meth:`brokers.inspect.Inspector.partition_stats`)."""
         return self.inspector.partition_stats(queue_name, cheap=cheap)
 
+    def members(self) -> list[str]:
+        """The live consumer processes (consumer names, as partition owners show them)."""
+        return self.inspector.members()
+
     def all_partition_stats(self) -> list[PartitionStats]:
         """:meth:`partition_stats` of every declared queue."""
         return [s for q in sorted(self.queues) for s in self.partition_stats(q)]
 
     def dead_letters(
-        self, queue_name: str, *, partition: int | None = None, count: int = 1000
+        self, queue_name: str, *, partition: int | None = None, after: str | None = None, count: int = 1000
     ) -> list[DeadLetterEntry]:
-        """Dead letters of ``queue_name`` (oldest first, at most ``count`` per partition)."""
-        return self.inspector.dead_letters(queue_name, partition=partition, count=count)
+        """Dead letters, oldest first, paged (:meth:`brokers.inspect.Inspector.dead_letters`)."""
+        return self.inspector.dead_letters(queue_name, partition=partition, after=after, count=count)
 
-    def requeue_dead_letter(self, queue_name: str, partition: int, dead_letter_id: str) -> str:
+    def trim_dead_letters(self, queue_name: str, partition: int, up_to: str) -> int:
+        """Delete a partition's dead-letter entries up to id ``up_to`` (kept elsewhere now)."""
+        return self.inspector.trim_dead_letters(queue_name, partition, up_to)
+
+    def requeue_dead_letter(
+        self,
+        queue_name: str,
+        partition: int,
+        dead_letter_id: str,
+        *,
+        message: Message[Any] | None = None,
+        seq: int | None = None,
+    ) -> str:
         """Put a dead letter back on its partition (same message, options and ``seq``)."""
-        return self.inspector.requeue_dead_letter(queue_name, partition, dead_letter_id)
+        return self.inspector.requeue_dead_letter(
+            queue_name, partition, dead_letter_id, message=message, seq=seq
+        )
 
-    def discard_dead_letter(self, queue_name: str, partition: int, dead_letter_id: str) -> bool:
-        """Delete a dead letter; False when it was already gone."""
-        return self.inspector.discard_dead_letter(queue_name, partition, dead_letter_id)
+    def discard_dead_letter(
+        self, queue_name: str, partition: int, dead_letter_id: str, *, message: Message[Any] | None = None
+    ) -> bool:
+        """Delete a dead letter and what its message kept in Redis; False when it was gone."""
+        return self.inspector.discard_dead_letter(queue_name, partition, dead_letter_id, message=message)
 
-    def message_view(self, view_key: str) -> Message[Any] | None:
-        """The message stored under ``view_key`` at enqueue, while it lives."""
-        return self.inspector.message_view(view_key)
+    def locate(self, queue_name: str, partition: int, message_id: str) -> Message[Any] | None:
+        """A message enqueued with ``locate``, while pending or dead-lettered
+        (:meth:`brokers.inspect.Inspector.locate`)."""
+        return self.inspector.locate(queue_name, partition, message_id)
 
     def lag_collector(self) -> metrics.PartitionLagCollector:
         """A Prometheus collector reporting this broker's partition lag at scrape time."""

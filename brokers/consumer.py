@@ -19,6 +19,7 @@ from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
 from brokers import metrics
+from brokers.keys import where_field
 from brokers.ownership import QueueState
 from brokers.partition import PartitionState
 from brokers.proxy import StreamMessageProxy
@@ -30,7 +31,7 @@ from brokers.records import (
     REASON_UNKNOWN_ACTOR,
     StreamEntry,
 )
-from brokers.store import StreamStore
+from brokers.store import Done, StreamStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,16 +94,24 @@ class StreamConsumer(Consumer):
         elif message.split:
             self._settle(message, lambda p: p.isolate(message.entries))
         else:
-            views = [
-                str(entry.message.options["view_key"])
-                for entry in message.entries
-                if entry.message is not None and "view_key" in entry.message.options
-            ]
-            self.state.acks.add(message.partition, [e.stream_id for e in message.entries], views)
+            self.state.acks.add(message.partition, self._done(message))
             self._settle(message, lambda p: p.finished(message.entries))
             counters.succeeded.inc(len(message.entries))
             metrics.STREAM_PROCESSING_DURATION.observe(elapsed_ms)
         counters.duration.observe(elapsed_ms)
+
+    def _done(self, message: StreamMessageProxy) -> Done:
+        """What the ack of a successful batch writes: its ids, where its messages were (to
+        forget) and the idempotency records they kept until done."""
+        done = Done([e.stream_id for e in message.entries])
+        keys = self.store.keys(self.queue_name, message.partition)
+        for entry in message.entries:
+            options = entry.message.options if entry.message is not None else {}
+            if options.get("locate") and entry.message is not None:
+                done.located.append(where_field(entry.message.message_id))
+            if options.get("idempotency_key") and options.get("idempotency_ttl_ms") == 0:
+                done.records.append(keys.idempotency(str(options["idempotency_key"])))
+        return done
 
     def nack(self, message: MessageProxy) -> None:
         assert isinstance(message, StreamMessageProxy)
@@ -307,6 +316,7 @@ class StreamConsumer(Consumer):
         self, partition: int, entry: StreamEntry, reason: str, error: str, traceback: str, attempts: int
     ) -> bool:
         """Dead-letter ``entry``; False when the lease is lost (it stays pending)."""
+        located = entry.message is not None and entry.message.options.get("locate")
         dead_id = self.store.dead_letter(
             self.queue_name,
             partition,
@@ -315,6 +325,7 @@ class StreamConsumer(Consumer):
             error=error,
             traceback=traceback,
             attempts=attempts,
+            located=where_field(entry.message.message_id) if located and entry.message else b"",
         )
         if dead_id is None:
             self.logger.warning(

@@ -9,6 +9,7 @@ from typing import Any, cast
 from dramatiq.message import Message
 
 from brokers.errors import DeadLetterNotFound, redis_unreachable_as_connection_closed
+from brokers.keys import where_field
 from brokers.records import DeadLetterEntry, PartitionStats, text
 from brokers.store import StreamStore
 
@@ -23,7 +24,7 @@ class Inspector:
     def partition_stats(self, queue_name: str, *, cheap: bool = False) -> list[PartitionStats]:
         """Pending, undelivered, length, oldest age, delayed and dead letters per partition,
         and who holds each lease, in one round trip. With ``cheap``, only lengths."""
-        per_partition = 2 if cheap else 6
+        per_partition = 2 if cheap else 7
         with redis_unreachable_as_connection_closed():
             pipe = self.store.client.pipeline(transaction=False)
             for partition in range(self.partitions):
@@ -35,6 +36,7 @@ class Inspector:
                     pipe.xinfo_groups(keys.stream)
                     pipe.xrange(keys.stream, count=1)
                     pipe.get(keys.lease)
+                    pipe.hkeys(keys.state)
             replies = pipe.execute(raise_on_error=False)
         now_ms = int(time.time() * 1000)
         stats = []
@@ -43,10 +45,12 @@ class Inspector:
             for reply in (length, delayed):
                 if isinstance(reply, Exception):
                     raise reply
-            pending = undelivered = oldest = dead = 0
+            pending = undelivered = oldest = dead = retrying = 0
             owner = ""
             if not cheap:
-                dead_letters, groups, first, lease = rest
+                dead_letters, groups, first, lease, state_fields = rest
+                if not isinstance(state_fields, Exception):
+                    retrying = sum(1 for f in state_fields or [] if text(f).startswith("r:"))
                 dead = 0 if isinstance(dead_letters, Exception) else int(dead_letters)
                 # Without the group (no consumer ever started) every entry is undelivered.
                 undelivered = int(length)
@@ -73,53 +77,129 @@ class Inspector:
                     delayed=int(delayed),
                     dead_letters=dead,
                     owner=owner,
+                    retrying=retrying,
                 )
             )
         return stats
 
+    def members(self) -> list[str]:
+        """The live consumer processes (their consumer names), sorted."""
+        with redis_unreachable_as_connection_closed():
+            alive = self.store.client.zrangebyscore(self.store.members_key, int(time.time() * 1000), "+inf")
+        return sorted(text(m) for m in cast(list[Any], alive))
+
     def dead_letters(
-        self, queue_name: str, *, partition: int | None = None, count: int = 1000
+        self, queue_name: str, *, partition: int | None = None, after: str | None = None, count: int = 1000
     ) -> list[DeadLetterEntry]:
-        """Dead letters of ``queue_name`` (oldest first, at most ``count`` per partition)."""
+        """Dead letters of ``queue_name``, oldest first: at most ``count`` per partition,
+        each partition's page starting after the entry id ``after`` (a cursor)."""
         partitions = range(self.partitions) if partition is None else [partition]
+        start = "-" if after is None else f"({after}"
         found = []
         for p in partitions:
             with redis_unreachable_as_connection_closed():
                 reply = cast(
                     list[tuple[Any, dict[Any, Any]]],
-                    self.store.client.xrange(self.store.keys(queue_name, p).dead, count=count),
+                    self.store.client.xrange(self.store.keys(queue_name, p).dead, min=start, count=count),
                 )
             found += [_dead_letter(queue_name, p, raw_id, raw_fields) for raw_id, raw_fields in reply]
         return found
 
-    def requeue_dead_letter(self, queue_name: str, partition: int, dead_letter_id: str) -> str:
-        """Put a dead letter back on its partition (same message, options and ``seq``).
+    def trim_dead_letters(self, queue_name: str, partition: int, up_to: str) -> int:
+        """Delete the dead-letter entries of a partition up to entry id ``up_to`` (once an
+        application has them elsewhere); returns how many were deleted."""
+        ms, _, seq = up_to.partition("-")
+        keep_from = f"{ms}-{int(seq or 0) + 1}"
+        with redis_unreachable_as_connection_closed():
+            return int(self.store.client.xtrim(self.store.keys(queue_name, partition).dead, minid=keep_from))
+
+    def requeue_dead_letter(
+        self,
+        queue_name: str,
+        partition: int,
+        dead_letter_id: str,
+        *,
+        message: Message[Any] | None = None,
+        seq: int | None = None,
+    ) -> str:
+        """Put a dead-lettered message back on its partition (same message id, options and
+        ``seq``): from its dead-letter entry, or from ``message`` and ``seq`` when the entry
+        is gone (trimmed). For a message enqueued with ``locate``, a second call adds nothing.
 
         Raises:
-          DeadLetterNotFound: when it is not (any more) in the dead-letter stream.
+          DeadLetterNotFound: no such dead letter and no ``message`` given.
         """
         keys = self.store.keys(queue_name, partition)
+        located = (
+            where_field(message.message_id) if message is not None and message.options.get("locate") else b""
+        )
         with redis_unreachable_as_connection_closed():
-            new_id = self.store.script("requeue_dead")(keys=[keys.stream, keys.dead], args=[dead_letter_id])
+            if message is None:
+                message = self._dead_message(keys.dead, dead_letter_id)
+                if message is not None and message.options.get("locate"):
+                    located = where_field(message.message_id)
+                message = None  # the script takes it from the dead letter itself
+            new_id = self.store.script("requeue")(
+                keys=[keys.stream, keys.dead, keys.where],
+                args=[
+                    dead_letter_id,
+                    message.encode() if message is not None else "",
+                    "" if seq is None else seq,
+                    located,
+                ],
+            )
         if not new_id:
             raise DeadLetterNotFound(f"{queue_name}/{partition}/{dead_letter_id}")
         return text(new_id)
 
-    def discard_dead_letter(self, queue_name: str, partition: int, dead_letter_id: str) -> bool:
-        """Delete a dead letter; False when it was already gone."""
+    def discard_dead_letter(
+        self, queue_name: str, partition: int, dead_letter_id: str, *, message: Message[Any] | None = None
+    ) -> bool:
+        """Delete a dead letter for good, with what its message kept in Redis (idempotency
+        record, place in the "where" hash); False when the entry was already gone."""
+        keys = self.store.keys(queue_name, partition)
         with redis_unreachable_as_connection_closed():
-            return bool(self.store.client.xdel(self.store.keys(queue_name, partition).dead, dead_letter_id))
+            if message is None:
+                message = self._dead_message(keys.dead, dead_letter_id)
+            pipe = self.store.client.pipeline(transaction=True)
+            pipe.xdel(keys.dead, dead_letter_id)
+            if message is not None:
+                if message.options.get("idempotency_key"):
+                    pipe.delete(keys.idempotency(str(message.options["idempotency_key"])))
+                if message.options.get("locate"):
+                    pipe.hdel(keys.where, where_field(message.message_id))
+            return bool(pipe.execute()[0])
 
-    def message_view(self, view_key: str) -> Message[Any] | None:
-        """The message stored under ``view_key`` at enqueue (with ``options["seq"]``), if it
-        is still in flight (or dead-lettered and not expired), else None."""
-        with redis_unreachable_as_connection_closed():
-            encoded, seq = self.store.client.hmget(view_key, ["m", "seq"])
-        if encoded is None:
+    def _dead_message(self, dead_stream: str, dead_letter_id: str) -> Message[Any] | None:
+        found = cast(list[Any], self.store.client.xrange(dead_stream, min=dead_letter_id, max=dead_letter_id))
+        if not found:
             return None
-        message = Message.decode(cast(bytes, encoded))
-        if text(seq or b""):
-            message.options["seq"] = int(text(seq))
+        return _dead_letter("", 0, found[0][0], found[0][1]).message
+
+    def locate(self, queue_name: str, partition: int, message_id: str) -> Message[Any] | None:
+        """A message enqueued with ``locate``, with ``options["seq"]``, while it is pending
+        (read from its stream entry) or dead-lettered (from its dead-letter entry, until
+        trimmed); None otherwise (persisted and acked, or delayed)."""
+        keys = self.store.keys(queue_name, partition)
+        with redis_unreachable_as_connection_closed():
+            where = self.store.client.hget(keys.where, where_field(message_id))
+            if where is None:
+                return None
+            # "<entry id> <seq>", or "d <dead-letter id> <seq>" (seq may be empty)
+            parts = text(where).split(" ")
+            stream = keys.stream
+            if parts[0] == "d":
+                stream, parts = keys.dead, parts[1:]
+            entry_id, seq = parts[0], parts[1] if len(parts) > 1 else ""
+            if entry_id == "-":  # delayed: not in a stream yet
+                return None
+            found = cast(list[Any], self.store.client.xrange(stream, min=entry_id, max=entry_id))
+        if not found:
+            return None
+        fields = {text(k): v for k, v in found[0][1].items()}
+        message = Message.decode(bytes(fields["m"]))
+        if seq:
+            message.options["seq"] = int(seq)
         return message
 
 

@@ -7,6 +7,9 @@ partitions spread over the cluster's shards.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import uuid
 from dataclasses import dataclass
 
 import mmh3
@@ -26,11 +29,15 @@ class PartitionKeys:
     delayed: str
     dead: str
     lease: str
+    #: Hash: message id → where the message is, for messages enqueued with ``locate``.
+    where: str
     tag: str
 
     def idempotency(self, key: str) -> str:
-        """The hash remembering the first message sent with idempotency ``key``."""
-        return f"{self.tag}:idem:{key}"
+        """The record of the first message sent with idempotency ``key`` (named by 128 bits
+        of the key's digest, so a long client key costs no more than a short one)."""
+        digest = base64.urlsafe_b64encode(hashlib.sha256(key.encode()).digest()[:16]).rstrip(b"=")
+        return f"{self.tag}:idem:{digest.decode()}"
 
     def sequence(self, key: str) -> str:
         """The counter that numbers the messages of sequence ``key``."""
@@ -47,6 +54,7 @@ def partition_keys(namespace: str, queue_name: str, partition: int) -> Partition
         delayed=f"{base}:delayed",
         dead=f"{base}:dead",
         lease=f"{base}:lease",
+        where=f"{base}:where",
         tag=tag,
     )
 
@@ -54,3 +62,12 @@ def partition_keys(namespace: str, queue_name: str, partition: int) -> Partition
 def members_key(namespace: str) -> str:
     """The sorted set of live consumer processes (score: expiry time in ms)."""
     return f"{namespace}:members"
+
+
+def where_field(message_id: str) -> bytes:
+    """A message's field in a partition's "where" hash: the 16 bytes of a UUID (most ids
+    are), else the id itself."""
+    try:
+        return uuid.UUID(message_id).bytes
+    except ValueError:
+        return message_id.encode()

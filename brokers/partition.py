@@ -215,6 +215,15 @@ class PartitionState:
         self._wakeups.clear()
         return dropped
 
+    def read_again_from_redis(self) -> None:
+        """A read's outcome is unknown (its reply was lost): Redis may have delivered
+        entries this process never received. Forget what waits and claim every pending
+        entry again, oldest first, once nothing is in flight."""
+        self.forget_waiting()
+        self.caught_up = False
+        self.claim_cursor = "-"
+        self.next_read_at = 0.0
+
     # -- internals ------------------------------------------------------------------------
 
     def _gate(self, entry: StreamEntry) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from dramatiq.errors import BrokerConnectionError
+
 from brokers import metrics
 from brokers.ownership import QueueState
 from brokers.partition import PartitionState
@@ -108,7 +110,14 @@ class PartitionReader:
             partitions = self.state.partitions
             claims = {n: (partitions[n].claim_cursor, min(count, partitions[n].room())) for n in claim}
             reads = {n: min(count, partitions[n].room()) for n in read}
-        claimed, got = self.store.fetch(self.queue_name, claims, reads)
+        try:
+            claimed, got = self.store.fetch(self.queue_name, claims, reads)
+        except BrokerConnectionError:
+            with self.state.lock:
+                for n in [*claims, *reads]:
+                    if n in self.state.partitions:
+                        self.state.partitions[n].read_again_from_redis()
+            raise
         now = time.monotonic()
         with self.state.lock:
             for n, claim_reply in claimed.items():

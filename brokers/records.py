@@ -117,6 +117,8 @@ class PartitionStats:
     dead_letters: int
     #: The consumer holding the partition's lease ("" when nobody does).
     owner: str = ""
+    #: Entries waiting for a retry in place (about the number of keys blocked behind one).
+    retrying: int = 0
 
 
 @dataclass(frozen=True, slots=True)

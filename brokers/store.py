@@ -36,7 +36,7 @@ _R = TypeVar("_R")
 Call = tuple[Any, list[str], list[Any]]
 
 _SCRIPTS = (
-    "enqueue", "read", "claim", "ack", "retry", "start", "dead_letter", "requeue_dead", "lease", "heartbeat",
+    "enqueue", "read", "claim", "ack", "retry", "start", "dead_letter", "requeue", "lease", "heartbeat",
 )  # fmt: skip
 
 
@@ -47,6 +47,21 @@ def _translated(method: Callable[_P, _R]) -> Callable[_P, _R]:
             return method(*args, **kwargs)
 
     return wrapper
+
+
+@dataclass(slots=True)
+class Done:
+    """What the ack of one partition's processed entries writes."""
+
+    ids: list[str] = field(default_factory=list)
+    #: Their messages' fields in the partition's "where" hash (option ``locate``), deleted.
+    located: list[bytes] = field(default_factory=list)
+    #: Idempotency records kept until the message was done, expired after the grace.
+    records: list[str] = field(default_factory=list)
+
+
+#: Acks to write, by partition.
+Acks = dict[int, Done]
 
 
 @dataclass(slots=True)
@@ -76,8 +91,17 @@ class ClaimReply:
 class StreamStore:
     """Redis for one broker: scripts, keys and the calls of every layer above."""
 
-    def __init__(self, client: redis.Redis | RedisCluster, *, namespace: str, consumer_name: str) -> None:
+    def __init__(
+        self,
+        client: redis.Redis | RedisCluster,
+        *,
+        namespace: str,
+        consumer_name: str,
+        idempotency_grace_ms: int = 60_000,
+    ) -> None:
         self.client = client
+        #: How long an idempotency record kept "until done" lives after its message's ack.
+        self.idempotency_grace_ms = idempotency_grace_ms
         self.is_cluster = isinstance(client, RedisCluster)
         self.namespace = namespace
         self.consumer_name = consumer_name
@@ -136,9 +160,15 @@ class StreamStore:
     # -- enqueue --------------------------------------------------------------------------
 
     @_translated
-    def enqueue(self, keys: list[str], args: list[Any]) -> Any:
-        """Run the enqueue script (group-committed with concurrent callers)."""
-        return self._enqueues.call((self._scripts["enqueue"], keys, args))
+    def enqueue(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run the enqueue script once per (keys, args): one call is group-committed with
+        concurrent callers; several go in one round trip of their own."""
+        script = self._scripts["enqueue"]
+        if len(calls) == 1:
+            return [self._enqueues.call((script, *calls[0]))]
+        replies = self._run_each([(script, keys, args) for keys, args in calls])
+        _raise_first(replies)
+        return replies
 
     # -- the consumer's steps -------------------------------------------------------------
 
@@ -179,11 +209,7 @@ class StreamStore:
 
     @_translated
     def wait(
-        self,
-        queue_name: str,
-        last_ids: Mapping[int, str],
-        block_ms: int,
-        acks: tuple[dict[int, list[str]], dict[int, list[str]]] | None = None,
+        self, queue_name: str, last_ids: Mapping[int, str], block_ms: int, acks: Acks | None = None
     ) -> set[int]:
         """Block until a partition has entries newer than its ``last_ids`` (at most
         ``block_ms``); return those partitions. It delivers nothing: the fenced read does.
@@ -194,7 +220,7 @@ class StreamStore:
         by_stream = {self.keys(queue_name, p).stream: p for p in last_ids}
         streams = {self.keys(queue_name, p).stream: last for p, last in last_ids.items()}
         pipe = self.client.pipeline(transaction=False)
-        calls = self._ack_calls(queue_name, *acks) if acks else []
+        calls = self._ack_calls(queue_name, acks) if acks else []
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         pipe.xread(cast(Any, streams), count=1, block=block_ms)
@@ -209,28 +235,23 @@ class StreamStore:
         return {by_stream[text(stream)] for stream, entries in cast(list[Any], reply or []) if entries}
 
     @_translated
-    def ack(
-        self,
-        queue_name: str,
-        ids_by_partition: dict[int, list[str]],
-        views: dict[int, list[str]] | None = None,
-    ) -> None:
+    def ack(self, queue_name: str, acks: Acks) -> None:
         """Ack and delete processed entries of several partitions (one round trip where
-        possible), and delete the views of their messages (``view_key`` option)."""
-        replies = self._run_each(self._ack_calls(queue_name, ids_by_partition, views or {}))
-        _raise_first(replies)
+        possible), forget where their messages were and let their idempotency records expire."""
+        _raise_first(self._run_each(self._ack_calls(queue_name, acks)))
 
-    def _ack_calls(
-        self, queue_name: str, ids_by_partition: dict[int, list[str]], views: dict[int, list[str]]
-    ) -> list[Call]:
-        return [
-            (
-                self._scripts["ack"],
-                [self.keys(queue_name, p).stream, self.keys(queue_name, p).state, *views.get(p, ())],
-                [queue_name, *ids],
+    def _ack_calls(self, queue_name: str, acks: Acks) -> list[Call]:
+        calls = []
+        for p, done in acks.items():
+            keys = self.keys(queue_name, p)
+            calls.append(
+                (
+                    self._scripts["ack"],
+                    [keys.stream, keys.state, keys.where, *done.records],
+                    [queue_name, self.idempotency_grace_ms, len(done.located), *done.located, *done.ids],
+                )
             )
-            for p, ids in ids_by_partition.items()
-        ]
+        return calls
 
     @_translated
     def retry(self, queue_name: str, partition: int, entries: list[StreamEntry], delay_ms: int) -> bool:
@@ -263,6 +284,7 @@ class StreamStore:
         error: str,
         traceback: str,
         attempts: int,
+        located: bytes = b"",
         fenced: bool = True,
     ) -> str | None:
         """Move ``entry`` to the dead-letter stream and ack it, atomically.
@@ -272,7 +294,7 @@ class StreamStore:
         """
         keys = self.keys(queue_name, partition)
         reply = self._scripts["dead_letter"](
-            keys=[keys.stream, keys.state, keys.dead, keys.lease],
+            keys=[keys.stream, keys.state, keys.dead, keys.lease, keys.where],
             args=[
                 queue_name,
                 self.consumer_name if fenced else "",
@@ -285,6 +307,7 @@ class StreamStore:
                 attempts,
                 partition,
                 queue_name,
+                located,
             ],
         )
         return None if reply is None else text(reply)

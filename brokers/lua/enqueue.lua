@@ -1,55 +1,79 @@
--- Enqueue one message atomically: deduplicate, number, then add to the stream (or the
--- partition's delay set). Either all of it happens or none of it does.
+-- Enqueue messages of one partition atomically: deduplicate, number, add to the stream (or
+-- the partition's delay set), and remember what a repeat or a lookup needs. Either all of
+-- it happens or none of it does.
 --
--- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] idempotency hash, KEYS[4] sequence counter,
--- KEYS[5] the message's view (a hash: encoded message and seq; unused when ARGV[8] is 0)
--- ARGV[1] encoded message
--- ARGV[2] the idempotency record (the message without its arguments)
--- ARGV[3] idempotency ttl in ms (0: no deduplication)
--- ARGV[4] "1" to assign a sequence number
--- ARGV[5] sequence floor used when the counter does not exist ("" : none given)
--- ARGV[6] "1" when a missing counter must be seeded by the caller (returns {2})
--- ARGV[7] delay in ms (0: enqueue now)
--- ARGV[8] lifetime of the view in ms (0: no view)
--- Returns {0, stream id, seq} for a new message, {1, original message, seq, stream id}
--- for a duplicate, {2} when the caller must supply a sequence floor.
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then
-  local existing = redis.call('HMGET', KEYS[3], 'm', 'seq', 'id')
-  if existing[1] then
-    return {1, existing[1], existing[2] or '', existing[3] or ''}
+-- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] the partition's "where" hash (message id
+-- → where the message is), then per message: KEYS[2i+2] idempotency record, KEYS[2i+3]
+-- sequence counter (for i = 1..n; a key not used by that message is the stream's name)
+-- ARGV[1] n, then per message 7 values:
+--   encoded message;
+--   idempotency: "" none, "0" remember until the message is done (acked: then a grace
+--     period; dead-lettered: until requeued or forgotten), "<ms>" remember that long;
+--   the record's tail ("id|timestamp|fingerprint|correlation id");
+--   "1" to number it;
+--   the sequence floor for a missing counter ("" : none given);
+--   delay in ms (0: enqueue now);
+--   the message's field in the "where" hash ("" : not kept), set to "<entry id> <seq>"
+--     ("- <seq>" while delayed).
+-- ARGV[2 + 7n] "1" when the caller can supply floors for missing counters.
+-- Returns {2, key, ...} (the missing counters, nothing done) when floors are needed, else
+-- per message {0, stream id, seq} for a new message or {1, record} for a repeat, where
+-- record is "<seq>|<id>|<timestamp>|<fingerprint>|<correlation id>".
+local n = tonumber(ARGV[1])
+local floors_available = ARGV[2 + 7 * n] == '1'
+
+local missing = {}
+for i = 1, n do
+  local a = 1 + (i - 1) * 7
+  if ARGV[a + 4] == '1' and ARGV[a + 5] == '' and floors_available
+      and redis.call('EXISTS', KEYS[2 * i + 3]) == 0 then
+    missing[#missing + 1] = KEYS[2 * i + 3]
   end
 end
+if #missing > 0 then
+  return {2, unpack(missing)}
+end
 
-local seq = ''
-if ARGV[4] == '1' then
-  if redis.call('EXISTS', KEYS[4]) == 0 then
-    if ARGV[5] ~= '' then
-      redis.call('SET', KEYS[4], ARGV[5])
-    elseif ARGV[6] == '1' then
-      return {2}
+local now = nil
+local replies = {}
+for i = 1, n do
+  local a = 1 + (i - 1) * 7
+  local record_key, counter = KEYS[2 * i + 2], KEYS[2 * i + 3]
+  local encoded, remember, tail = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local existing = false
+  if remember ~= '' then
+    existing = redis.call('GET', record_key)
+  end
+  if existing then
+    replies[i] = {1, existing}
+  else
+    local seq = ''
+    if ARGV[a + 4] == '1' then
+      if redis.call('EXISTS', counter) == 0 and ARGV[a + 5] ~= '' then
+        redis.call('SET', counter, ARGV[a + 5])
+      end
+      seq = tostring(redis.call('INCR', counter))
     end
+    local id = ''
+    local delay = tonumber(ARGV[a + 6])
+    if delay > 0 then
+      if not now then
+        local t = redis.call('TIME')
+        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      end
+      redis.call('ZADD', KEYS[2], now + delay, seq .. '|' .. encoded)
+    else
+      id = redis.call('XADD', KEYS[1], '*', 'm', encoded, 'seq', seq)
+    end
+    if remember == '0' then
+      redis.call('SET', record_key, seq .. '|' .. tail)
+    elseif remember ~= '' then
+      redis.call('SET', record_key, seq .. '|' .. tail, 'PX', remember)
+    end
+    if ARGV[a + 7] ~= '' then
+      redis.call('HSET', KEYS[3], ARGV[a + 7], (id ~= '' and id or '-') .. ' ' .. seq)
+    end
+    replies[i] = {0, id, seq}
   end
-  seq = tostring(redis.call('INCR', KEYS[4]))
 end
-
-local id = ''
-local delay = tonumber(ARGV[7])
-if delay > 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('ZADD', KEYS[2], now + delay, seq .. '|' .. ARGV[1])
-else
-  id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'seq', seq)
-end
-
-if ttl > 0 then
-  redis.call('HSET', KEYS[3], 'm', ARGV[2], 'seq', seq, 'id', id)
-  redis.call('PEXPIRE', KEYS[3], ttl)
-end
-local view_ttl = tonumber(ARGV[8])
-if view_ttl > 0 then
-  redis.call('HSET', KEYS[5], 'm', ARGV[1], 'seq', seq)
-  redis.call('PEXPIRE', KEYS[5], view_ttl)
-end
-return {0, id, seq}
+return replies

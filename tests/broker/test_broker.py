@@ -17,6 +17,8 @@ from dramatiq.middleware import Middleware, Retries
 from prometheus_client import REGISTRY
 
 from brokers import DeadLetterNotFound, InPlaceRetries, RedisStreamsBroker, partition_for
+from brokers.keys import where_field
+from brokers.store import Done
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
@@ -232,7 +234,7 @@ def test_message_is_dead_lettered_after_its_last_attempt_and_its_partition_moves
     assert dead.message is not None and dead.message.message_id == sent[1].message_id
 
 
-def test_view_key_is_written_with_the_enqueue_and_deleted_with_the_ack_not_the_dead_letter(
+def test_located_messages_are_found_pending_then_dead_lettered_and_forgotten_with_the_ack(
     broker, start_worker, redis_client
 ):
     @dramatiq.actor(broker=broker, queue_name="q", throws=(ValueError,))
@@ -240,19 +242,28 @@ def test_view_key_is_written_with_the_enqueue_and_deleted_with_the_ack_not_the_d
         if i == 1:
             raise ValueError("poison")
 
-    for i in range(3):
-        work.send_with_options(args=(i,), partition_key="k", sequence_key="k", view_key=f"view:{i}")
-    views = [broker.message_view(f"view:{i}") for i in range(3)]
-    assert [(v.args, v.options["seq"]) for v in views if v is not None] == [((0,), 1), ((1,), 2), ((2,), 3)]
-    assert 0 < redis_client.pttl("view:0") <= 86_400_000
+    sent = [
+        work.send_with_options(args=(i,), partition_key="k", sequence_key="k", locate=True) for i in range(3)
+    ]
+    partition = partition_for("k", 16)
+    found = [broker.locate("q", partition, m.message_id) for m in sent]
+    assert [(m.args, m.options["seq"]) for m in found if m is not None] == [((0,), 1), ((1,), 2), ((2,), 3)]
+    # where a message is, not a copy of it: one small field each, and no expiry
+    where = broker.keys("q", partition).where
+    assert redis_client.hlen(where) == 3 and redis_client.pttl(where) == -1
+    assert int(redis_client.memory_usage(where)) < 3 * 80
 
     start_worker()
     broker.join("q", timeout=10_000)
 
-    assert broker.message_view("view:0") is None and broker.message_view("view:2") is None
-    dead = broker.message_view("view:1")
-    assert dead is not None and dead.args == (1,)
-    assert [d.message.message_id for d in broker.dead_letters("q") if d.message] == [dead.message_id]
+    assert broker.locate("q", partition, sent[0].message_id) is None
+    assert broker.locate("q", partition, sent[2].message_id) is None
+    dead = broker.locate("q", partition, sent[1].message_id)
+    assert dead is not None and dead.args == (1,) and dead.options["seq"] == 2
+    assert redis_client.hlen(where) == 1
+    [dead_letter] = broker.dead_letters("q")
+    broker.discard_dead_letter("q", partition, dead_letter.dead_letter_id)
+    assert redis_client.hlen(where) == 0
 
 
 def test_attempt_count_is_durable_across_broker_restarts(make_broker, redis_url):
@@ -361,6 +372,37 @@ def test_a_hand_out_that_fails_half_way_is_undone_and_its_partition_goes_on(
         lambda: REGISTRY.get_sample_value("stream_partition_lookahead", {"partition": str(partition)}) == 0
     )
     assert held is not None
+
+
+def test_entries_a_read_delivered_whose_reply_was_lost_still_run_in_order(broker, start_worker, monkeypatch):
+    slow, fast = two_keys_of_one_partition()
+    seen: dict[str, list[int]] = defaultdict(list)
+
+    @dramatiq.actor(broker=broker, queue_name="q")
+    def work(key: str, i: int) -> None:
+        if key == slow:
+            time.sleep(1.5)  # keeps the partition busy when the reply is lost
+        seen[key].append(i)
+
+    work.send_with_options(args=(slow, 0), partition_key=slow)
+    fetch = broker.store.fetch
+    lost: list[int] = []
+
+    def reply_lost_once(queue_name: str, claims: Any, reads: Any) -> Any:
+        claimed, read = fetch(queue_name, claims, reads)
+        if not lost and any(reply.entries and reply.entries[0].key == fast for reply in read.values()):
+            lost.append(1)  # Redis delivered the entries; the reply never arrived
+            raise ConnectionClosed(redis.ConnectionError("Connection reset by peer"))
+        return claimed, read
+
+    monkeypatch.setattr(broker.store, "fetch", reply_lost_once)
+    start_worker()
+    wait_for(lambda: broker.partition_stats("q")[partition_for(slow, 16)].pending == 1, timeout=5)
+    for i in range(5):
+        work.send_with_options(args=(fast, i), partition_key=fast)
+    broker.join("q", timeout=15_000)
+
+    assert lost and seen == {slow: [0], fast: list(range(5))}
 
 
 def test_transient_exceptions_pause_the_partition_without_using_the_retry_budget(broker, start_worker):
@@ -507,7 +549,7 @@ def test_acks_sent_ahead_of_a_blocking_wait_are_written_before_it_waits(broker, 
     @dramatiq.actor(broker=broker, queue_name="q")
     def work(i: int) -> None: ...
 
-    first = work.send_with_options(args=(1,), partition_key="k", view_key="view:1")
+    first = work.send_with_options(args=(1,), partition_key="k", locate=True)
     partition = first.options["partition"]
     store = broker.store
     store.ensure_groups("q", 16)
@@ -516,7 +558,7 @@ def test_acks_sent_ahead_of_a_blocking_wait_are_written_before_it_waits(broker, 
     assert [e.stream_id for e in got[partition].entries] == [first.options["stream_id"]]
     assert broker.partition_stats("q")[partition].pending == 1
 
-    acks = ({partition: [first.options["stream_id"]]}, {partition: ["view:1"]})
+    acks = {partition: Done(ids=[first.options["stream_id"]], located=[where_field(first.message_id)])}
     answer: dict[str, Any] = {}
     last_id = got[partition].last_id
     waiter = threading.Thread(
@@ -526,7 +568,7 @@ def test_acks_sent_ahead_of_a_blocking_wait_are_written_before_it_waits(broker, 
     # The ack is written while the wait still blocks for a new entry.
     wait_for(lambda: broker.partition_stats("q")[partition].pending == 0, timeout=4)
     assert redis_client.xlen(broker.keys("q", partition).stream) == 0
-    assert broker.message_view("view:1") is None
+    assert broker.locate("q", partition, first.message_id) is None
     second = work.send_with_options(args=(2,), partition_key="k")
     waiter.join(timeout=5)
     assert answer["woke"] == {partition}
@@ -653,3 +695,21 @@ def test_enqueue_against_a_dead_redis_raises_dramatiqs_connection_error(make_bro
 
     with pytest.raises(dramatiq.errors.BrokerConnectionError):
         work.send()
+
+
+def test_partition_stats_show_the_owner_the_entries_waiting_for_a_retry_and_live_members(
+    broker, start_worker
+):
+    @dramatiq.actor(broker=broker, queue_name="q", max_retries=3)
+    def work(i: int) -> None:
+        raise dramatiq.Retry(delay=30_000)
+
+    work.send_with_options(args=(1,), partition_key="k")
+    start_worker()
+    partition = partition_for("k", 16)
+    wait_for(lambda: broker.partition_stats("q")[partition].retrying == 1, timeout=10)
+
+    stats = broker.partition_stats("q")
+    assert {s.owner for s in stats} == {broker.consumer_name}
+    assert sum(s.retrying for s in stats) == 1 and stats[partition].pending == 1
+    assert broker.members() == [broker.consumer_name]

@@ -45,11 +45,14 @@ def _log(client: redis.Redis) -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in client.lrange("log", 0, -1)]
 
 
-def _assert_ordered_and_complete(records: list[dict[str, Any]], per_key: int) -> None:
+def _assert_ordered_and_complete(
+    records: list[dict[str, Any]], per_key: int, may_overlap: list[dict[str, Any]] | None = None
+) -> None:
     """Every message ran; per key, in order, one at a time, whichever processes ran them.
 
-    A message runs again only after a crash, and only if its ack was not written yet: then
-    its key resumes at its oldest unacked message and goes on in order from there.
+    A message runs again after a failure (retried in place, in the same process) or after a
+    crash, when its ack was not written yet: then its key resumes at its oldest unacked
+    message and goes on in order from there.
     """
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in sorted(records, key=lambda r: r["start"]):
@@ -59,11 +62,16 @@ def _assert_ordered_and_complete(records: list[dict[str, Any]], per_key: int) ->
     }
     for key, rs in runs.items():
         for before, after in itertools.pairwise(rs):
+            if may_overlap and (before in may_overlap or after in may_overlap):
+                continue
             assert after["start"] >= before["end"], f"key {key} ran {before} and {after} at once"
-            assert after["i"] == before["i"] + 1 or after["pid"] != before["pid"], (
+            # Within one process a key moves to its next message, or runs the same one again
+            # (a retry in place: this test's own log write can fail with Redis going away
+            # after the write was done).
+            assert after["i"] in (before["i"], before["i"] + 1) or after["pid"] != before["pid"], (
                 f"key {key} went from {before['i']} to {after['i']} within one process"
             )
-            if after["i"] <= before["i"]:  # a resumption after a crash: back to an unacked one
+            if after["i"] < before["i"]:  # a resumption after a crash: back to an unacked one
                 assert after["pid"] != before["pid"] and before["i"] - after["i"] < 30
 
 
@@ -249,10 +257,13 @@ def test_a_worker_paused_past_its_lease_starts_nothing_when_it_wakes_up(make_bro
     pool.start(sleep_ms=5, extra=lease)
     wait_for(lambda: sum(1 for r in _log(redis_client) if r["pid"] == paused.pid) > 50, timeout=60)
 
-    paused_at = time.time()
     paused.send_signal(signal.SIGSTOP)  # a stop-the-world pause, longer than its leases
-    # the other process takes the paused one's partitions over
-    wait_for(lambda: len({r["key"] for r in _log(redis_client) if r["start"] > paused_at + 1.5}) == len(KEYS))
+    # the other process takes the paused one's partitions over (their leases expire)
+    wait_for(
+        lambda: len({redis_client.get(f"{{t:{p}}}:q:ordered:lease") for p in range(16)} - {None}) == 1,
+        timeout=30,
+        what="one process holding every lease",
+    )
     resumed_at = time.time()  # before it runs again: anything it starts from now is later
     paused.send_signal(signal.SIGCONT)
     wait_for(
@@ -260,12 +271,12 @@ def test_a_worker_paused_past_its_lease_starts_nothing_when_it_wakes_up(make_bro
     )
 
     records = _log(redis_client)
-    # What it had in hand when it was paused finishes late (and ran again elsewhere: the
+    # What it had in hand when it was paused finishes late (and may run again elsewhere: the
     # persist actor's idempotent insert makes that harmless); what it had handed out but
-    # not started is skipped; everything else ran once per key at a time, in order.
+    # not started is skipped; everything else ran one per key at a time, in order.
     in_hand = [r for r in records if r["pid"] == paused.pid and r["start"] < resumed_at < r["end"]]
     assert len(in_hand) <= 4  # its worker threads
-    _assert_ordered_and_complete([r for r in records if r not in in_hand], per_key)
+    _assert_ordered_and_complete(records, per_key, may_overlap=in_hand)
 
 
 def test_consumer_survives_a_redis_restart_with_aof_and_loses_no_acknowledged_message(
@@ -318,6 +329,7 @@ def test_order_holds_on_a_three_master_redis_cluster(redis_cluster: list[RedisSe
         worker.stop()
         broker.close()
     assert dict(seen) == {key: list(range(20)) for key in KEYS[:8]}
-    # a message's view must live in its partition's slot, where the enqueue script runs
-    with pytest.raises(ValueError, match="hash tag"):
-        record.send_with_options(args=("a", 0), partition_key="a", view_key="view:elsewhere")
+    # what the enqueue script keeps lives in the partition's slot, where the script runs
+    located = record.send_with_options(args=("z", 0), partition_key="z", locate=True, idempotency_key="z/0")
+    found = broker.locate("ordered", partition_for("z", 16), located.message_id)
+    assert found is not None and found.args == ("z", 0)

@@ -15,6 +15,7 @@ from redis.retry import Retry
 
 from brokers import RedisStreamsBroker, partition_for
 from brokers.records import StreamEntry
+from brokers.store import Done
 
 
 @pytest.fixture
@@ -141,8 +142,8 @@ def test_a_redis_that_does_not_answer_is_a_connection_error_everywhere(silent_re
         broker.ping,
         lambda: broker.partition_stats("q"),
         lambda: broker.dead_letters("q"),
-        lambda: broker.message_view("v"),
-        lambda: broker.store.ack("q", {0: ["1-0"]}),
+        lambda: broker.locate("q", 0, "some-id"),
+        lambda: broker.store.ack("q", {0: Done(ids=["1-0"])}),
     ):
         with pytest.raises(BrokerConnectionError):
             call()
