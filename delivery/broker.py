@@ -1,5 +1,5 @@
 """The project's broker, one :class:`brokers.RedisStreamsBroker` built from settings, and
-the names that ingress and the workers agree on (queue, actor, pending-message keys)."""
+the names that ingress and the workers agree on (queue, actor)."""
 
 from __future__ import annotations
 
@@ -18,16 +18,6 @@ MESSAGES_QUEUE = "messages"
 #: The persist actor's name (see ``delivery.actors``).
 PERSIST_ACTOR = "persist_messages"
 
-#: How long an acknowledged message stays readable before it is persisted, in
-#: milliseconds (the ack of its persistence deletes it sooner; a dead letter keeps it).
-PENDING_MESSAGE_TTL_MS = 86_400_000
-
-
-def pending_message_key(message_id: str) -> str:
-    """The Redis key under which the enqueue script keeps an acknowledged message until
-    its persistence is acked (the broker's ``view_key`` option)."""
-    return f"{settings.STREAM_NAMESPACE}:pending:{message_id}"
-
 
 @cache
 def get_broker() -> RedisStreamsBroker:
@@ -38,7 +28,7 @@ def get_broker() -> RedisStreamsBroker:
         namespace=settings.STREAM_NAMESPACE,
         poll_interval_ms=settings.STREAM_POLL_INTERVAL_MS,
         fetch_count=max(10, settings.STREAM_BATCH_SIZE),
-        idempotency_ttl_ms=settings.IDEMPOTENCY_TTL_MS,
+        idempotency_grace_ms=settings.IDEMPOTENCY_GRACE_MS,
         sequence_floor=sequence_floor,
     )
     broker.add_middleware(DbConnections())

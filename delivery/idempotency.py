@@ -33,6 +33,9 @@ DIGEST_HEX_LENGTH = 32
 #: (which Django decodes as latin-1), is refused rather than guessed at.
 _CLIENT_KEY = re.compile(rf"[\x20-\x7e]{{1,{CLIENT_KEY_MAX_LENGTH}}}")
 
+#: A record's lifetime "until the message is done" (the broker's ``idempotency_ttl_ms`` 0).
+UNTIL_PERSISTED = 0
+
 #: Key prefixes: ``c`` a client key, ``d`` a digest of the content.
 _CLIENT, _CONTENT = "c", "d"
 
@@ -48,9 +51,14 @@ def digest(*parts: str | bytes) -> str:
     return hasher.hexdigest()[:DIGEST_HEX_LENGTH]
 
 
+#: Hex digits of a fingerprint (64 bits: a key reused for another body and taken for a
+#: repeat by chance is a 1 in 2**64 event; Redis keeps one per pending message).
+FINGERPRINT_HEX_LENGTH = 16
+
+
 def fingerprint(*, content: str | bytes, priority: str) -> str:
     """What a repeat under the same client key must match: the body that counts."""
-    return digest(priority, content)
+    return digest(priority, content)[:FINGERPRINT_HEX_LENGTH]
 
 
 def client_key_problem(value: str) -> str | None:
@@ -86,7 +94,8 @@ class IngressKey:
     """The key one POSTed message is deduplicated on.
 
     ``redis_key`` is the broker's ``idempotency_key`` option: the enqueue script answers a
-    repeat from its record for ``ttl_ms``. ``persisted_key`` is what the message's row
+    repeat from its record for ``ttl_ms`` (0: until the message is persisted, then for the
+    broker's grace period, or while it is dead-lettered). ``persisted_key`` is what the message's row
     holds once persisted, where ingress finds a repeat whose record is gone (client keys
     only: a content key's row is unique per message). ``fingerprint`` is what a repeat
     must match to be a repeat and not a reuse of the key (empty for a content key: the
@@ -107,13 +116,13 @@ class IngressKey:
         client_key: str,
         content: str | bytes,
         priority: str,
-        ttl_ms: int,
     ) -> IngressKey:
-        """A client's key, scoped per (sender, conversation), remembered ``ttl_ms``."""
+        """A client's key, scoped per (sender, conversation): Redis answers a repeat while
+        the message is pending, the database once it is persisted."""
         key = f"{_CLIENT}:{sender_id}:{conversation_id}:{client_key}"
         return cls(
             redis_key=key,
-            ttl_ms=ttl_ms,
+            ttl_ms=UNTIL_PERSISTED,
             fingerprint=fingerprint(content=content, priority=priority),
             persisted_key=key,
         )

@@ -14,8 +14,9 @@ from django.core.files.storage import storages
 from django.db.models import QuerySet
 from dramatiq.errors import BrokerConnectionError
 
-from delivery.broker import get_broker, pending_message_key
+from delivery.broker import MESSAGES_QUEUE, get_broker
 from delivery.errors import NotFound
+from delivery.message_ids import partition_of_message_id
 from delivery.models import Conversation, DeadLetter, DeadLetterStatus, Message, MessageReceipt
 
 logger = logging.getLogger(__name__)
@@ -24,12 +25,16 @@ logger = logging.getLogger(__name__)
 def pending_message(message_id: str) -> dict[str, Any] | None:
     """The envelope (with ``seq``) of an acknowledged message that is not persisted yet.
 
-    The enqueue script stores it (``view_key``) and the ack of its persistence deletes it.
-    None when there is none, or when Redis cannot be asked (logged): the caller answers
-    as for an unknown message.
+    The enqueue script notes where it is (the broker's ``locate`` option, in the partition
+    the message id carries), and the ack of its persistence forgets it. None when there is
+    none, or when Redis cannot be asked (logged): the caller answers as for an unknown
+    message.
     """
+    partition = partition_of_message_id(message_id)
+    if partition is None:
+        return None
     try:
-        message = get_broker().message_view(pending_message_key(message_id))
+        message = get_broker().locate(MESSAGES_QUEUE, partition, message_id)
     except BrokerConnectionError as error:
         logger.warning(
             "Pending message %s not read: Redis unreachable (%s)",

@@ -50,9 +50,10 @@ class Config:
     metrics_port: int
     enable_prometheus_metrics: bool
     idempotency_window_ms: int
-    idempotency_ttl_ms: int
+    idempotency_grace_ms: int
     inline_payload_max_bytes: int
     max_content_bytes: int
+    batch_max_bytes: int
     throttle_user_rate: str | None
     payload_storage: str
     payload_s3_bucket: str
@@ -174,11 +175,12 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         metrics_port=_int(env, "METRICS_PORT", 9090, minimum=0, maximum=65535),
         enable_prometheus_metrics=_bool(env, "ENABLE_PROMETHEUS_METRICS", True),
         idempotency_window_ms=_int(env, "IDEMPOTENCY_WINDOW_MS", 1000, minimum=1, maximum=86_400_000),
-        idempotency_ttl_ms=_int(
-            env, "IDEMPOTENCY_TTL_MS", 86_400_000, minimum=86_400_000, maximum=30 * 86_400_000
-        ),
+        idempotency_grace_ms=_int(env, "IDEMPOTENCY_GRACE_MS", 60_000, minimum=1_000, maximum=86_400_000),
         inline_payload_max_bytes=inline,
         max_content_bytes=max_content,
+        batch_max_bytes=_int(
+            env, "BATCH_MAX_BYTES", 8 * 1024 * 1024, minimum=1024, maximum=256 * 1024 * 1024
+        ),
         throttle_user_rate=_throttle(env),
         payload_storage=payload_storage,
         payload_s3_bucket=payload_s3_bucket,

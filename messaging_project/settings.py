@@ -158,13 +158,18 @@ ENABLE_STREAM_CONSUMERS = CONFIG.enable_stream_consumers
 METRICS_PORT = CONFIG.metrics_port
 ENABLE_PROMETHEUS_METRICS = CONFIG.enable_prometheus_metrics
 IDEMPOTENCY_WINDOW_MS = CONFIG.idempotency_window_ms
-IDEMPOTENCY_TTL_MS = CONFIG.idempotency_ttl_ms
+#: How long Redis still answers a client key after its message was persisted (the database
+#: answers from then on; a repeat racing with the persistence is answered either way).
+IDEMPOTENCY_GRACE_MS = CONFIG.idempotency_grace_ms
 INLINE_PAYLOAD_MAX_BYTES = CONFIG.inline_payload_max_bytes
 MAX_CONTENT_BYTES = CONFIG.max_content_bytes
 #: Serves the bare baseline view that ``manage.py benchmark ingress`` compares against.
 ENABLE_BENCHMARK_VIEWS = CONFIG.enable_benchmark_views
-# The request body may hold the content JSON-escaped (up to 6 bytes a byte) plus the other fields.
-DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, CONFIG.max_content_bytes * 6 + 65_536)
+#: Largest body of ``POST /api/v1/messages/batch`` (413 over it).
+BATCH_MAX_BYTES = CONFIG.batch_max_bytes
+# The request body may hold the content JSON-escaped (up to 6 bytes a byte) plus the other
+# fields; a batch, up to BATCH_MAX_BYTES.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, CONFIG.max_content_bytes * 6 + 65_536, BATCH_MAX_BYTES + 65_536)
 
 # Python warnings go through logging too, so every line a process writes is JSON.
 logging.captureWarnings(True)

@@ -16,18 +16,13 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.db import InterfaceError, OperationalError, connection
 from dramatiq.errors import BrokerConnectionError
-from uuid_utils.compat import uuid7
 
+from brokers import partition_for
 from delivery import metrics, sql
-from delivery.broker import (
-    MESSAGES_QUEUE,
-    PENDING_MESSAGE_TTL_MS,
-    PERSIST_ACTOR,
-    get_broker,
-    pending_message_key,
-)
+from delivery.broker import MESSAGES_QUEUE, PERSIST_ACTOR, get_broker
 from delivery.errors import IdempotencyKeyReused, NotFound, PayloadTooLarge, ServiceUnavailable
-from delivery.idempotency import IngressKey, fingerprint
+from delivery.idempotency import IngressKey, digest, fingerprint
+from delivery.message_ids import message_id_time_ms, new_message_id
 from delivery.models import Conversation, Message, Priority
 from delivery.selectors import message_content, message_state
 
@@ -81,6 +76,25 @@ def message_ingest(
         metrics.INGRESS_DURATION.labels(status).observe((time.perf_counter() - started) * 1000)
 
 
+@dataclass(frozen=True, slots=True)
+class IngressItem:
+    """One message to acknowledge, as validated by the API."""
+
+    conversation_id: str
+    content: str
+    client_key: str | None
+    priority: str = Priority.NORMAL
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A message ready to enqueue: its key and the Dramatiq message carrying it."""
+
+    item: IngressItem
+    key: IngressKey
+    message: dramatiq.Message[Any]
+
+
 def _ingest(
     sender: User,
     conversation_id: str,
@@ -89,36 +103,55 @@ def _ingest(
     priority: str,
     correlation_id: str,
 ) -> IngestResult:
-    data = content.encode()
-    if len(data) > settings.MAX_CONTENT_BYTES:
-        raise PayloadTooLarge(f"content is {len(data)} bytes; the limit is {settings.MAX_CONTENT_BYTES}")
-    key = (
-        IngressKey.for_client(
-            sender_id=sender.pk,
-            conversation_id=conversation_id,
-            client_key=client_key,
-            content=data,
-            priority=priority,
-            ttl_ms=settings.IDEMPOTENCY_TTL_MS,
-        )
-        if client_key
-        else IngressKey.for_content(
-            sender_id=sender.pk,
-            conversation_id=conversation_id,
-            content=data,
-            window_ms=settings.IDEMPOTENCY_WINDOW_MS,
-        )
-    )
+    item = IngressItem(conversation_id, content, client_key, priority)
+    key = ingress_key(sender, item)
     # Slow path, in the same query as the participant check: a client key whose Redis
-    # record is gone (older than its TTL, or Redis lost it) is found in the database. The
-    # fast path is the enqueue script below, which answers a repeat from the key's record
-    # atomically with the enqueue: two requests racing get one message.
+    # record is gone (its message persisted a while ago, or Redis lost it) is found in the
+    # database. The fast path is the enqueue script, which answers a repeat from the key's
+    # record atomically with the enqueue: two requests racing get one message.
     existing_id = _check_sender(conversation_id, sender, key.persisted_key)
     if existing_id is not None:
-        return _replay_persisted(Message.objects.get(pk=existing_id), key)
+        return replay_persisted(Message.objects.get(pk=existing_id), key)
+    prepared = prepare(sender, item, key, correlation_id)
+    try:
+        sent = get_broker().enqueue(prepared.message)
+    except BrokerConnectionError as error:
+        raise queue_unreachable(error, prepared.message.message_id, conversation_id) from None
+    return answer(prepared, sent, correlation_id)
 
-    message_id = str(uuid7())
-    created_ms = int(time.time() * 1000)
+
+def ingress_key(sender: User, item: IngressItem) -> IngressKey:
+    """The key ``item`` is deduplicated on.
+
+    Raises:
+      PayloadTooLarge: content over ``MAX_CONTENT_BYTES``.
+    """
+    data = item.content.encode()
+    if len(data) > settings.MAX_CONTENT_BYTES:
+        raise PayloadTooLarge(f"content is {len(data)} bytes; the limit is {settings.MAX_CONTENT_BYTES}")
+    if item.client_key:
+        return IngressKey.for_client(
+            sender_id=sender.pk,
+            conversation_id=item.conversation_id,
+            client_key=item.client_key,
+            content=data,
+            priority=item.priority,
+        )
+    return IngressKey.for_content(
+        sender_id=sender.pk,
+        conversation_id=item.conversation_id,
+        content=data,
+        window_ms=settings.IDEMPOTENCY_WINDOW_MS,
+    )
+
+
+def prepare(sender: User, item: IngressItem, key: IngressKey, correlation_id: str) -> Prepared:
+    """The Dramatiq message for ``item`` (its content offloaded to storage when large)."""
+    conversation_id = item.conversation_id
+    message_id = new_message_id(partition_for(conversation_id, settings.STREAM_PARTITIONS))
+    # The id's own time: ids sort as messages were acknowledged, and a repeat answered from
+    # Redis gets the time back from the id.
+    created_ms = message_id_time_ms(message_id)
     envelope: dict[str, Any] = {
         "message_id": message_id,
         "conversation_id": conversation_id,
@@ -126,14 +159,13 @@ def _ingest(
         "created_at": created_ms,
         "idempotency_key": key.database_key(message_id),
         "correlation_id": correlation_id,
-        "priority": priority,
+        "priority": item.priority,
     }
+    data = item.content.encode()
     if len(data) > settings.INLINE_PAYLOAD_MAX_BYTES:
-        envelope["payload_key"] = storages["payloads"].save(
-            f"{conversation_id}/{message_id}", ContentFile(data)
-        )
+        envelope["payload_key"] = payload_save(conversation_id, data)
     else:
-        envelope["content"] = content
+        envelope["content"] = item.content
     message: dramatiq.Message[Any] = dramatiq.Message(
         queue_name=MESSAGES_QUEUE,
         actor_name=PERSIST_ACTOR,
@@ -142,43 +174,65 @@ def _ingest(
         options={
             "partition_key": conversation_id,
             "sequence_key": conversation_id,
-            # The record expires ttl_ms after the first send: a content key's window
-            # is measured from the first send, not from the last repeat.
+            # A client key's record lives until the message is persisted (then briefly, while
+            # the database takes over answering repeats); a content key's window expires
+            # ttl_ms after the first send, not after the last repeat.
             "idempotency_key": key.redis_key,
             "idempotency_ttl_ms": key.ttl_ms,
-            "priority": priority,
+            "priority": item.priority,
             "fingerprint": key.fingerprint,
-            "created_at": created_ms,
             "correlation_id": correlation_id,
-            # The pending message, written by the enqueue script, deleted with the ack.
-            "view_key": pending_message_key(message_id),
-            "view_ttl_ms": PENDING_MESSAGE_TTL_MS,
+            # Where the pending message is: noted by the enqueue script, forgotten with the ack.
+            "locate": True,
         },
         message_id=message_id,
+        message_timestamp=created_ms,
     )
-    try:
-        sent = get_broker().enqueue(message)
-    except BrokerConnectionError as error:
-        logger.error(
-            "Enqueue failed: Redis unreachable (%s)",
-            error,
-            extra={"message_id": message_id, "conversation_id": conversation_id},
-        )
-        raise ServiceUnavailable(
-            "the message queue is unreachable; nothing was accepted, retry later"
-        ) from None
+    return Prepared(item, key, message)
 
+
+def answer(prepared: Prepared, sent: dramatiq.Message[Any], correlation_id: str) -> IngestResult:
+    """What ingress answers once the enqueue script answered for ``prepared``.
+
+    Raises:
+      IdempotencyKeyReused: the key was used before for a different message.
+    """
+    conversation_id = prepared.item.conversation_id
     if sent.options.get("idempotent_hit"):
-        return _replay(sent, key, conversation_id, correlation_id)
+        return _replay(sent, prepared.key, conversation_id, correlation_id)
     return IngestResult(
-        message_id=message_id,
+        message_id=sent.message_id,
         conversation_id=conversation_id,
         seq=int(sent.options["seq"]),
         state="pending",
         idempotent_hit=False,
         correlation_id=correlation_id,
-        created_at=_from_ms(created_ms),
+        created_at=_from_ms(sent.message_timestamp),
     )
+
+
+def queue_unreachable(error: Exception, message_id: str, conversation_id: str) -> ServiceUnavailable:
+    """The answer when Redis cannot be reached (logged): nothing was accepted."""
+    logger.error(
+        "Enqueue failed: Redis unreachable (%s)",
+        error,
+        extra={"message_id": message_id, "conversation_id": conversation_id},
+    )
+    return ServiceUnavailable("the message queue is unreachable; nothing was accepted, retry later")
+
+
+def payload_save(conversation_id: str, data: bytes) -> str:
+    """Store content too large to travel inline; returns its storage name.
+
+    Named by its digest within the conversation: a repeat, a refused request or a retry
+    after a 503 writes the same name again instead of an orphan each time (what nothing
+    references is swept by ``manage.py payloads sweep``).
+    """
+    name = f"{conversation_id}/{digest(data)}"
+    storage = storages["payloads"]
+    if not storage.exists(name):
+        storage.save(name, ContentFile(data))
+    return name
 
 
 def _check_sender(conversation_id: str, sender: User, key: str | None) -> Any:
@@ -221,11 +275,11 @@ def _replay(
         state=message_state(original.message_id),
         idempotent_hit=True,
         correlation_id=str(options.get("correlation_id") or correlation_id),
-        created_at=_from_ms(int(options.get("created_at") or original.message_timestamp)),
+        created_at=_from_ms(original.message_timestamp),
     )
 
 
-def _replay_persisted(existing: Message, key: IngressKey) -> IngestResult:
+def replay_persisted(existing: Message, key: IngressKey) -> IngestResult:
     """The answer to a repeat found in the database."""
     key.check_repeat(fingerprint(content=message_content(existing), priority=existing.priority))
     metrics.IDEMPOTENCY_HIT.labels("ingress", "db").inc()

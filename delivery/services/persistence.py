@@ -81,7 +81,7 @@ def _persist(envelopes: list[Envelope]) -> PersistOutcome:
     duplicates = len(envelopes) - len(inserted)
     if duplicates:
         metrics.IDEMPOTENCY_HIT.labels("persistence", "db").inc(duplicates)
-    # The pending messages are deleted with the ack (the ``view_key`` option).
+    # Where the pending messages were is forgotten with the ack (the ``locate`` option).
     return PersistOutcome(inserted=len(inserted), duplicates=duplicates)
 
 

@@ -13,8 +13,10 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from brokers import RedisStreamsBroker
+from delivery import services
 from delivery.broker import get_broker
-from delivery.models import Conversation
+from delivery.models import Conversation, DeadLetter
+from delivery.services import persistence
 
 
 @pytest.fixture
@@ -79,3 +81,49 @@ def conversation(alice: User, bob: User, project_broker: RedisStreamsBroker) -> 
     conversation = Conversation.objects.create(title="alice and bob")
     conversation.participants.add(alice, bob)
     return conversation
+
+
+#: Markup that must never reach a page unescaped (dead letters carry it in their error).
+XSS = "<script>alert('pwned')</script>"
+
+
+def send(api: APIClient, conversation: Conversation, content: str, **extra: Any) -> dict[str, Any]:
+    """POST a message; returns the answer (asserting 200/202)."""
+    response = api.post(
+        "/api/v1/messages",
+        {"conversation_id": str(conversation.pk), "content": content, **extra},
+        format="json",
+    )
+    assert response.status_code in (200, 202), response.content
+    return dict(response.json())
+
+
+@pytest.fixture
+def dead_letters(
+    api, conversation, run_worker, project_broker, monkeypatch
+) -> Callable[..., list[DeadLetter]]:
+    """Make messages whose content contains POISON fail for good, and mirror them."""
+    real = persistence._persist
+
+    def failing(envelopes: list[dict[str, Any]]) -> Any:
+        if any("POISON" in e.get("content", "") for e in envelopes):
+            raise ValueError("cannot persist " + XSS)
+        return real(envelopes)
+
+    monkeypatch.setattr(persistence, "_persist", failing)
+    actor = project_broker.actors["persist_messages"]
+    monkeypatch.setitem(actor.options, "max_retries", 0)
+
+    def make(*contents: str) -> list[DeadLetter]:
+        for content in contents:
+            send(api, conversation, content)
+        run_worker()
+        project_broker.join("messages", timeout=20_000)
+        services.dead_letters_mirror()
+        return list(DeadLetter.objects.order_by("seq"))
+
+    def fix() -> None:
+        monkeypatch.setattr(persistence, "_persist", real)
+
+    make.fix = fix  # type: ignore[attr-defined]
+    return make

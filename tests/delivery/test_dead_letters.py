@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission
@@ -13,42 +10,7 @@ from django.test import Client
 
 from delivery import services
 from delivery.models import DeadLetter, Message
-from delivery.services import persistence
-from tests.delivery.conftest import make_user
-from tests.delivery.test_persistence_and_reads import send
-
-XSS = "<script>alert('pwned')</script>"
-
-
-@pytest.fixture
-def dead_letters(
-    api, conversation, run_worker, project_broker, monkeypatch
-) -> Callable[..., list[DeadLetter]]:
-    """Make messages whose content contains POISON fail for good, and mirror them."""
-    real = persistence._persist
-
-    def failing(envelopes: list[dict[str, Any]]) -> Any:
-        if any("POISON" in e.get("content", "") for e in envelopes):
-            raise ValueError("cannot persist " + XSS)
-        return real(envelopes)
-
-    monkeypatch.setattr(persistence, "_persist", failing)
-    actor = project_broker.actors["persist_messages"]
-    monkeypatch.setitem(actor.options, "max_retries", 0)
-
-    def make(*contents: str) -> list[DeadLetter]:
-        for content in contents:
-            send(api, conversation, content)
-        run_worker()
-        project_broker.join("messages", timeout=20_000)
-        services.dead_letters_mirror()
-        return list(DeadLetter.objects.order_by("seq"))
-
-    def fix() -> None:
-        monkeypatch.setattr(persistence, "_persist", real)
-
-    make.fix = fix  # type: ignore[attr-defined]
-    return make
+from tests.delivery.conftest import XSS, make_user
 
 
 def test_mirror_is_idempotent_on_the_stream_entry(dead_letters):

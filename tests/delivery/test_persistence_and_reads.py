@@ -18,17 +18,7 @@ from delivery.errors import IdempotencyKeyConflict
 from delivery.models import Conversation, DeadLetter, Message, MessageReceipt, ReceiptState
 from delivery.services import persistence
 from tests.conftest import wait_for
-from tests.delivery.conftest import client_for, make_user
-
-
-def send(api: APIClient, conversation: Conversation, content: str, **extra: Any) -> dict[str, Any]:
-    response = api.post(
-        "/api/v1/messages",
-        {"conversation_id": str(conversation.pk), "content": content, **extra},
-        format="json",
-    )
-    assert response.status_code in (200, 202), response.content
-    return dict(response.json())
+from tests.delivery.conftest import client_for, make_user, send
 
 
 def test_happy_path_message_goes_from_pending_to_persisted_with_sent_receipts(

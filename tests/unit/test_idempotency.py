@@ -21,7 +21,7 @@ from delivery.idempotency import (
 
 CONVERSATION = "0b5e8a52-7c1e-4f7a-9d1b-2f1c7a1e9b10"
 OTHER_CONVERSATION = "7f1d3c3e-1b2a-4c5d-8e9f-0a1b2c3d4e5f"
-TTL_MS = 86_400_000
+
 WINDOW_MS = 1000
 
 
@@ -39,7 +39,6 @@ def client(
         client_key=key,
         content=content,
         priority=priority,
-        ttl_ms=TTL_MS,
     )
 
 
@@ -60,7 +59,7 @@ def test_a_client_key_is_scoped_per_sender_and_conversation_in_redis_and_in_the_
     assert key.redis_key == f"c:7:{CONVERSATION}:k-1"
     assert key.persisted_key == key.redis_key
     assert key.database_key(str(uuid.uuid4())) == key.redis_key  # the same for every retry
-    assert key.ttl_ms == TTL_MS
+    assert key.ttl_ms == 0  # kept until the message is persisted (the broker's "until done")
 
 
 def test_the_same_client_key_in_another_conversation_or_from_another_sender_is_another_key():
