@@ -176,3 +176,19 @@ def insert_receipts(count: int) -> str:
         f"INSERT INTO {receipts} (message_id, user_id, state) VALUES {values} "
         "ON CONFLICT (message_id, user_id, state) DO NOTHING RETURNING state"
     )
+
+
+def batch_check(conversations: int, keys: int) -> str:
+    """For a batch: the conversations the sender takes part in among ``conversations``
+    given ones, and the persisted messages holding any of ``keys`` given idempotency keys,
+    in one round trip (params: sender, the conversations, the keys). Rows are
+    ``("p", conversation id, NULL)`` and ``("k", key, message id)``."""
+    messages, _, participants = _tables()
+    in_conversations = ", ".join(["%s"] * conversations)
+    in_keys = ", ".join(["%s"] * keys) if keys else "NULL"
+    return (
+        f"SELECT 'p', CAST(conversation_id AS TEXT), NULL FROM {participants} "
+        f"WHERE user_id = %s AND conversation_id IN ({in_conversations}) "
+        f"UNION ALL "
+        f"SELECT 'k', idempotency_key, CAST(id AS TEXT) FROM {messages} WHERE idempotency_key IN ({in_keys})"
+    )

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from delivery.api import views
+from delivery.api import batch, views
 
 urlpatterns = [
     path("conversations", views.ConversationListCreateApi.as_view(), name="conversations"),
@@ -12,6 +12,7 @@ urlpatterns = [
         name="conversation-messages",
     ),
     path("messages", views.MessageCreateApi.as_view(), name="messages"),
+    path("messages/batch", batch.MessageBatchCreateApi.as_view(), name="messages-batch"),
     path("messages/<uuid:message_id>", views.MessageDetailApi.as_view(), name="message-detail"),
     path("messages/<uuid:message_id>/receipts", views.ReceiptCreateApi.as_view(), name="message-receipts"),
 ]

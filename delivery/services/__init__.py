@@ -7,18 +7,21 @@ none of them holds business rules.
 
 from delivery.services.conversations import conversation_create
 from delivery.services.dead_letters import dead_letter_discard, dead_letter_requeue, dead_letters_mirror
-from delivery.services.ingest import IngestResult, message_ingest
+from delivery.services.ingest import IngestResult, IngressItem, message_ingest
+from delivery.services.ingest_batch import messages_ingest
 from delivery.services.persistence import PersistOutcome, messages_persist
 from delivery.services.receipts import receipt_record
 
 __all__ = [
     "IngestResult",
+    "IngressItem",
     "PersistOutcome",
     "conversation_create",
     "dead_letter_discard",
     "dead_letter_requeue",
     "dead_letters_mirror",
     "message_ingest",
+    "messages_ingest",
     "messages_persist",
     "receipt_record",
 ]
