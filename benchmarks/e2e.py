@@ -29,8 +29,9 @@ from delivery.models import Message
 E2E_CONNECTIONS = 16
 
 
-def run_e2e(messages: int, rate: float, progress: Progress) -> Report:
-    """Latency from the client's send to the row's ``persisted_at`` at an offered rate."""
+def run_e2e(messages: int, rate: float, progress: Progress, batch: int = 0) -> Report:
+    """Latency from the client's send to the row's ``persisted_at`` at an offered rate of
+    messages per second: single POSTs, or ``batch`` messages per ``POST .../batch``."""
     report = Report("e2e")
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     env = bench_env(STREAM_NAMESPACE=namespace)
@@ -39,8 +40,9 @@ def run_e2e(messages: int, rate: float, progress: Progress) -> Report:
         "messages": messages,
         "offered_per_s": rate,
         "seconds": round(seconds),
+        "batch": batch or None,
         "what": f"wrk -t2 -c{E2E_CONNECTIONS} paced to the offered rate (a fixed schedule per thread) POSTs "
-        "through gunicorn "
+        f"{'batches of ' + str(batch) + ' messages ' if batch else ''}through gunicorn "
         "(2 sync workers); runworkers (2 processes, 8 threads) persists; latency = the row's persisted_at "
         "(database clock) minus the send time the client wrote into the message",
     }
@@ -50,12 +52,13 @@ def run_e2e(messages: int, rate: float, progress: Progress) -> Report:
             with run_workers(env) as workers, tempfile.TemporaryDirectory() as folder:
                 progress(f"e2e: {rate:.0f}/s for {seconds:.0f} s")
                 script = Path(folder) / "e2e.lua"
-                wrk.write_script(script, token, conversations, "/api/v1/messages", rate=rate)
+                url = "/api/v1/messages/batch" if batch else "/api/v1/messages"
+                wrk.write_script(script, token, conversations, url, rate=rate / max(1, batch), batch=batch)
                 wait_for_balanced_leases(workers, namespace)
                 cpu0 = (cpu_of_tree(server.pid), cpu_of_tree(workers.pid))
                 started = time.time()
                 result = wrk.run(port, script, seconds, E2E_CONNECTIONS)
-                acknowledged = int(result.get("requests", 0) - result["errors"])
+                acknowledged = int(result.get("requests", 0) - result["errors"]) * max(1, batch)
                 deadline = time.monotonic() + 300
                 while persisted_count(conversations) < acknowledged:
                     if time.monotonic() > deadline:

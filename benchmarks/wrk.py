@@ -24,12 +24,20 @@ end
 
 
 def write_script(
-    path: Path, token: str, conversations: list[str], url: str, rate: float = 0.0, threads: int = 2
+    path: Path,
+    token: str,
+    conversations: list[str],
+    url: str,
+    rate: float = 0.0,
+    threads: int = 2,
+    batch: int = 0,
 ) -> None:
     """A wrk script POSTing messages round-robin over ``conversations``, each with its own
     Idempotency-Key and its send time (epoch ms) in the content. With ``rate``, requests
     are paced to that many per second in all (each thread keeps a fixed schedule: a slow
-    answer delays only its own connection, not the schedule)."""
+    answer delays only its own connection, not the schedule). With ``batch``, each request
+    is ``{"messages": [...]}`` of that many messages (each its own ``client_message_id``),
+    for ``POST /api/v1/messages/batch``."""
     ids = ", ".join(f'"{c}"' for c in conversations)
     interval_ms = threads * 1000.0 / rate if rate > 0 else 0.0
     pacing = (
@@ -56,13 +64,28 @@ local counter = 0
 local thread_id = 0
 setup = function(thread) thread:set("id", thread_id); thread_id = thread_id + 1 end
 init = function(args) math.randomseed(os.time() + id) end
+local batch = {batch}
 request = function()
   counter = counter + 1
-  local conversation = conversations[(counter % #conversations) + 1]
   local key = string.format("%d-%d-%d", id, counter, math.random(1, 1000000000))
-  local body = string.format('{{"conversation_id": "%s", "content": "sent-at %.3f"}}', conversation, now_ms())
+  if batch == 0 then
+    local conversation = conversations[(counter % #conversations) + 1]
+    local body = string.format('{{"conversation_id": "%s", "content": "sent-at %.3f"}}',
+      conversation, now_ms())
+    return wrk.format("POST", "{url}", {{["Content-Type"] = "application/json",
+      ["Authorization"] = "Token {token}", ["Idempotency-Key"] = key}}, body)
+  end
+  local items = {{}}
+  local sent = now_ms()
+  for j = 1, batch do
+    local conversation = conversations[((counter * batch + j) % #conversations) + 1]
+    items[j] = string.format(
+      '{{"conversation_id": "%s", "content": "sent-at %.3f", "client_message_id": "%s-%d"}}',
+      conversation, sent, key, j)
+  end
+  local body = '{{"messages": [' .. table.concat(items, ", ") .. ']}}'
   return wrk.format("POST", "{url}", {{["Content-Type"] = "application/json",
-    ["Authorization"] = "Token {token}", ["Idempotency-Key"] = key}}, body)
+    ["Authorization"] = "Token {token}"}}, body)
 end
 """
     )

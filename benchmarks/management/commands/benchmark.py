@@ -12,11 +12,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from benchmarks.broker import run_broker
 from benchmarks.e2e import run_e2e
 from benchmarks.ingress import run_ingress
+from benchmarks.ingress_batch import run_ingress_batch
 from benchmarks.persist import run_persist
 from benchmarks.report import BenchmarkError, Report, check_services
 from benchmarks.takeover import run_takeover
 
-SCENARIOS = ("broker", "persist", "ingress", "e2e", "takeover")
+SCENARIOS = ("broker", "persist", "ingress", "ingress-batch", "e2e", "takeover")
 
 #: Default message counts per scenario.
 DEFAULT_MESSAGES = {"broker": 20_000, "persist": 50_000, "e2e": 5_000}
@@ -33,6 +34,12 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=100, help="persist: messages per transaction")
         parser.add_argument("--seconds", type=int, default=10, help="ingress: seconds per measurement")
         parser.add_argument("--rate", type=float, default=1000.0, help="e2e: offered messages per second")
+        parser.add_argument(
+            "--batch",
+            type=int,
+            default=0,
+            help="e2e: messages per POST /api/v1/messages/batch (0: single POSTs)",
+        )
         parser.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -64,8 +71,10 @@ class Command(BaseCommand):
             return run_persist(messages, rounds, threads, options["batch_size"], self.progress)
         if scenario == "ingress":
             return run_ingress(options["seconds"], rounds, self.progress)
+        if scenario == "ingress-batch":
+            return run_ingress_batch(options["seconds"], rounds, self.progress)
         if scenario == "e2e":
-            return run_e2e(messages, options["rate"], self.progress)
+            return run_e2e(messages, options["rate"], self.progress, batch=options["batch"])
         return run_takeover(rounds, self.progress)
 
     def progress(self, text: str) -> None:
