@@ -25,7 +25,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from brokers.coalesce import Coalescer
-from brokers.errors import redis_unreachable_as_connection_closed
+from brokers.errors import UNREACHABLE, redis_unreachable_as_connection_closed
 from brokers.keys import PartitionKeys, members_key, partition_keys
 from brokers.records import ERROR_LIMIT_CHARS, StreamEntry, decode_entry, text
 
@@ -355,34 +355,59 @@ class StreamStore:
     # -- script plumbing ------------------------------------------------------------------
 
     def _run_each(self, calls: list[Call]) -> list[Any]:
-        """Run scripts in one round trip (single node) or one by one (cluster); each
+        """Run scripts in one round trip (single node; on a cluster, one per node); each
         result is a value or the error that script answered with.
 
         Pipelines use ``EVALSHA`` directly: redis-py's pipelined scripts cost an extra
-        ``SCRIPT EXISTS`` round trip on every execute. A script Redis does not know
-        (after a restart) is loaded and run again, alone.
+        ``SCRIPT EXISTS`` round trip on every execute (and its cluster pipeline refuses
+        scripts). A call a pipeline could not run (a script Redis does not know after a
+        restart, a slot that moved) is run again alone, through the client that follows.
         """
         if not calls:
             return []
-        if self.is_cluster or len(calls) == 1:
-            out: list[Any] = []
-            for script, keys, args in calls:
-                try:
-                    out.append(script(keys=keys, args=args))
-                except redis.ResponseError as error:
-                    out.append(error)
-            return out
-        pipe = self.client.pipeline(transaction=False)
+        if len(calls) == 1:
+            return [self._run_alone(calls[0])]
+        if not self.is_cluster:
+            return self._pipelined(self.client, calls)
+        cluster = cast(RedisCluster, self.client)
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for i, (_, keys, _) in enumerate(calls):
+            node = cluster.get_node_from_key(keys[0])
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+        results: list[Any] = [None] * len(calls)
+        for node, indexes in by_node.values():
+            if len(indexes) == 1:
+                results[indexes[0]] = self._run_alone(calls[indexes[0]])
+                continue
+            try:
+                replies = self._pipelined(cluster.get_redis_connection(node), [calls[i] for i in indexes])
+            except UNREACHABLE:
+                cluster.nodes_manager.initialize()  # the node failed over: ask the cluster again
+                replies = [self._run_alone(calls[i]) for i in indexes]
+            for i, reply in zip(indexes, replies, strict=True):
+                results[i] = reply
+        return results
+
+    def _pipelined(self, client: Any, calls: list[Call]) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         results = cast(list[Any], pipe.execute(raise_on_error=False))
-        for i, (result, (script, keys, args)) in enumerate(zip(results, calls, strict=True)):
-            if isinstance(result, redis.exceptions.NoScriptError):
-                try:
-                    results[i] = script(keys=keys, args=args)
-                except redis.ResponseError as error:
-                    results[i] = error
+        for i, (result, call) in enumerate(zip(results, calls, strict=True)):
+            if isinstance(
+                result,
+                redis.exceptions.NoScriptError | redis.exceptions.MovedError | redis.exceptions.AskError,
+            ):
+                results[i] = self._run_alone(call)
         return results
+
+    @staticmethod
+    def _run_alone(call: Call) -> Any:
+        script, keys, args = call
+        try:
+            return script(keys=keys, args=args)
+        except redis.ResponseError as error:
+            return error
 
     def script(self, name: str) -> Any:
         """A registered script, for the inspection layer."""
