@@ -3,6 +3,7 @@ measured in the same run (see docs/benchmarks.md)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Any
@@ -22,6 +23,17 @@ SCENARIOS = ("broker", "persist", "ingress", "e2e", "takeover")
 DEFAULT_MESSAGES = {"broker": 20_000, "persist": 50_000, "e2e": 5_000}
 
 
+def _participants(text: str) -> tuple[int, ...]:
+    """``--participants``: comma-separated conversation sizes, each at least 2."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 2,50,500, got {text!r}") from None
+    if not sizes or min(sizes) < 2 or len(set(sizes)) != len(sizes):
+        raise argparse.ArgumentTypeError(f"expected distinct sizes of at least 2, got {text!r}")
+    return sizes
+
+
 class Command(BaseCommand):
     help = "Measure a scenario (broker, persist, ingress, e2e, takeover, or all) against its baseline."
 
@@ -33,6 +45,12 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=100, help="persist: messages per transaction")
         parser.add_argument("--seconds", type=int, default=10, help="ingress: seconds per measurement")
         parser.add_argument("--rate", type=float, default=1000.0, help="e2e: offered messages per second")
+        parser.add_argument(
+            "--participants",
+            type=_participants,
+            default=(2,),
+            help="persist: members per conversation, comma-separated sizes measured side by side (2,50,500)",
+        )
         parser.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -61,7 +79,9 @@ class Command(BaseCommand):
         if scenario == "broker":
             return run_broker(messages, rounds, threads, self.progress)
         if scenario == "persist":
-            return run_persist(messages, rounds, threads, options["batch_size"], self.progress)
+            return run_persist(
+                messages, rounds, threads, options["batch_size"], self.progress, options["participants"]
+            )
         if scenario == "ingress":
             return run_ingress(options["seconds"], rounds, self.progress)
         if scenario == "e2e":
