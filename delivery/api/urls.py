@@ -11,6 +11,11 @@ urlpatterns = [
         views.ConversationMessagesApi.as_view(),
         name="conversation-messages",
     ),
+    path(
+        "conversations/<uuid:conversation_id>/read",
+        views.ConversationReadApi.as_view(),
+        name="conversation-read",
+    ),
     path("messages", views.MessageCreateApi.as_view(), name="messages"),
     path("messages/<uuid:message_id>", views.MessageDetailApi.as_view(), name="message-detail"),
     path("messages/<uuid:message_id>/receipts", views.ReceiptCreateApi.as_view(), name="message-receipts"),

@@ -33,6 +33,15 @@ class StrictCharField(serializers.CharField):
         return str(super().to_internal_value(data))
 
 
+class StrictIntegerField(serializers.IntegerField):
+    """An IntegerField that refuses strings, floats and booleans instead of converting them."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if type(data) is not int:
+            self.fail("invalid")
+        return int(super().to_internal_value(data))
+
+
 #: Characters DRF's CharField refuses: NUL and lone surrogates.
 _REFUSED_CHARACTERS = re.compile("[\x00\ud800-\udfff]")
 
@@ -103,10 +112,24 @@ class ConversationListCreateApi(APIView):
         def get_participants(self, conversation: Any) -> list[str]:
             return sorted(u.get_username() for u in conversation.participants.all())
 
-    @extend_schema(responses=OutputSerializer(many=True))
+    @extend_schema_serializer(component_name="ConversationListItem")
+    class ListOutputSerializer(OutputSerializer):
+        unread_count = serializers.SerializerMethodField(
+            help_text=f"Persisted messages after the caller's read watermark that others sent, "
+            f"counted up to {selectors.UNREAD_COUNT_MAX} (which then means that many or more)."
+        )
+
+        def get_unread_count(self, conversation: Any) -> int:
+            return int(self.context["unread_counts"].get(conversation.pk, 0))
+
+    @extend_schema(responses=ListOutputSerializer(many=True))
     def get(self, request: Request) -> Response:
-        conversations = selectors.conversation_list(user=_user(request))
-        return Response(self.OutputSerializer(conversations, many=True).data)
+        user = _user(request)
+        conversations = selectors.conversation_list(user=user)
+        unread_counts = selectors.unread_counts(user=user)
+        return Response(
+            self.ListOutputSerializer(conversations, many=True, context={"unread_counts": unread_counts}).data
+        )
 
     @extend_schema(request=InputSerializer, responses={201: OutputSerializer})
     def post(self, request: Request) -> Response:
@@ -119,6 +142,46 @@ class ConversationListCreateApi(APIView):
         )
         conversation = selectors.conversation_for(user=_user(request), conversation_id=conversation.pk)
         return Response(self.OutputSerializer(conversation).data, status=status.HTTP_201_CREATED)
+
+
+class ConversationReadApi(APIView):
+    """Move the caller's read (or delivered) watermark of a conversation forward: every
+    message up to ``seq`` is read. 200 with the watermark as it now stands, also when
+    nothing moved (a repeat, or a ``seq`` at or below the watermark)."""
+
+    @extend_schema_serializer(component_name="ConversationReadInput")
+    class InputSerializer(serializers.Serializer):
+        seq = StrictIntegerField(
+            min_value=0,
+            max_value=services.receipts.MAX_SEQ,
+            help_text="Everything up to this seq; clamped to the conversation's last persisted "
+            "message (messages not persisted yet stay unread); 0 marks nothing.",
+        )
+        state = serializers.ChoiceField(
+            choices=[ReceiptState.READ, ReceiptState.DELIVERED],
+            default=ReceiptState.READ,
+            help_text="read (which implies delivered) or delivered",
+        )
+
+    @extend_schema_serializer(component_name="ReadWatermark")
+    class OutputSerializer(serializers.Serializer):
+        conversation_id = serializers.UUIDField()
+        read_seq = serializers.IntegerField()
+        read_at = serializers.DateTimeField(allow_null=True)
+        delivered_seq = serializers.IntegerField()
+        delivered_at = serializers.DateTimeField(allow_null=True)
+
+    @extend_schema(request=InputSerializer, responses={200: OutputSerializer})
+    def post(self, request: Request, conversation_id: Any) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        watermark = services.watermark_advance(
+            conversation_id=conversation_id,
+            user=_user(request),
+            seq=serializer.validated_data["seq"],
+            state=serializer.validated_data["state"],
+        )
+        return Response(self.OutputSerializer(watermark).data)
 
 
 class MessageCreateApi(APIView):

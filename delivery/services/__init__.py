@@ -9,7 +9,7 @@ from delivery.services.conversations import conversation_create
 from delivery.services.dead_letters import dead_letter_discard, dead_letter_requeue, dead_letters_mirror
 from delivery.services.ingest import IngestResult, message_ingest
 from delivery.services.persistence import PersistOutcome, messages_persist
-from delivery.services.receipts import receipt_record
+from delivery.services.receipts import receipt_record, watermark_advance
 
 __all__ = [
     "IngestResult",
@@ -21,4 +21,5 @@ __all__ = [
     "message_ingest",
     "messages_persist",
     "receipt_record",
+    "watermark_advance",
 ]
