@@ -14,10 +14,11 @@ from benchmarks.broker import run_broker
 from benchmarks.e2e import run_e2e
 from benchmarks.ingress import run_ingress
 from benchmarks.persist import run_persist
+from benchmarks.receipts import run_receipts
 from benchmarks.report import BenchmarkError, Report, check_services
 from benchmarks.takeover import run_takeover
 
-SCENARIOS = ("broker", "persist", "ingress", "e2e", "takeover")
+SCENARIOS = ("broker", "persist", "ingress", "e2e", "takeover", "receipts")
 
 #: Default message counts per scenario.
 DEFAULT_MESSAGES = {"broker": 20_000, "persist": 50_000, "e2e": 5_000}
@@ -35,7 +36,7 @@ def _participants(text: str) -> tuple[int, ...]:
 
 
 class Command(BaseCommand):
-    help = "Measure a scenario (broker, persist, ingress, e2e, takeover, or all) against its baseline."
+    help = "Measure a scenario (or all of them) against its baseline measured in the same run."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
@@ -43,13 +44,14 @@ class Command(BaseCommand):
         parser.add_argument("--rounds", type=int, default=3, help="rounds (medians are reported)")
         parser.add_argument("--threads", type=int, default=8, help="producer and worker threads")
         parser.add_argument("--batch-size", type=int, default=100, help="persist: messages per transaction")
-        parser.add_argument("--seconds", type=int, default=10, help="ingress: seconds per measurement")
+        parser.add_argument("--seconds", type=int, default=10, help="ingress, receipts: seconds per run")
         parser.add_argument("--rate", type=float, default=1000.0, help="e2e: offered messages per second")
         parser.add_argument(
             "--participants",
             type=_participants,
             default=(2,),
-            help="persist: members per conversation, comma-separated sizes measured side by side (2,50,500)",
+            help="persist, receipts: members per conversation, comma-separated sizes measured side by side "
+            "(2,50,500)",
         )
         parser.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
 
@@ -86,6 +88,8 @@ class Command(BaseCommand):
             return run_ingress(options["seconds"], rounds, self.progress)
         if scenario == "e2e":
             return run_e2e(messages, options["rate"], self.progress)
+        if scenario == "receipts":
+            return run_receipts(options["seconds"], rounds, self.progress, options["participants"])
         return run_takeover(rounds, self.progress)
 
     def progress(self, text: str) -> None:
