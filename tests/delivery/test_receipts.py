@@ -14,10 +14,13 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from hypothesis import given
+from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from delivery import selectors, services
+from delivery.api.views import ConversationReadApi, fast_read_input
 from delivery.models import Conversation, Message, MessageReceipt, ReadWatermark, ReceiptState
 from tests.conftest import python_subprocess
 from tests.delivery.conftest import client_for, make_user
@@ -190,6 +193,46 @@ def test_bad_input_is_400_naming_the_field_and_changes_nothing(api, alice, bob, 
     assert response.status_code == 400, response.content
     assert field in response.json()["errors"]
     assert not ReadWatermark.objects.exists()
+
+
+seq_values = st.one_of(
+    st.integers(min_value=-5, max_value=2**64),
+    st.sampled_from([2**63 - 1, 2**63, 0]),
+    st.text(max_size=4),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.none(),
+)
+state_values = st.one_of(
+    st.sampled_from(["read", "delivered", "sent", "READ", " read", ""]), st.integers(), st.none()
+)
+
+
+@given(
+    body=st.one_of(
+        st.fixed_dictionaries({"seq": seq_values}),
+        st.fixed_dictionaries({"seq": seq_values, "state": state_values}),
+        st.fixed_dictionaries({"state": state_values}),
+        st.lists(st.integers(), max_size=2),
+    )
+)
+def test_the_fast_input_check_agrees_with_the_serializer(body):
+    fast = fast_read_input(body)
+    serializer = ConversationReadApi.InputSerializer(data=body)
+    # every body the serializer accepts takes the fast path, to the same values
+    assert (fast is not None) == serializer.is_valid(), (body, serializer.errors)
+    if fast is not None:
+        assert fast == (serializer.validated_data["seq"], serializer.validated_data["state"])
+        assert type(fast[0]) is type(serializer.validated_data["seq"])
+
+
+def test_the_answer_written_directly_is_the_output_serializers(api, alice, bob, conversation):
+    persist(conversation, [alice] * 2)
+    as_bob = client_for(bob)
+    for seq, state in ((0, "read"), (1, "delivered"), (2, "read")):
+        answer = post_read(as_bob, conversation, seq, state).json()
+        watermark = selectors.watermark_of(user=bob, conversation_id=conversation.pk)
+        assert answer == ConversationReadApi.OutputSerializer(watermark).data
 
 
 def test_a_body_that_is_not_an_object_is_400(api, bob, conversation):
