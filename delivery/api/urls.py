@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from delivery.api import views
+from delivery.api import views, watermarks
 
 urlpatterns = [
     path("conversations", views.ConversationListCreateApi.as_view(), name="conversations"),
@@ -13,7 +13,7 @@ urlpatterns = [
     ),
     path(
         "conversations/<uuid:conversation_id>/read",
-        views.ConversationReadApi.as_view(),
+        watermarks.ConversationReadApi.as_view(),
         name="conversation-read",
     ),
     path("messages", views.MessageCreateApi.as_view(), name="messages"),

@@ -33,15 +33,6 @@ class StrictCharField(serializers.CharField):
         return str(super().to_internal_value(data))
 
 
-class StrictIntegerField(serializers.IntegerField):
-    """An IntegerField that refuses strings, floats and booleans instead of converting them."""
-
-    def to_internal_value(self, data: Any) -> int:
-        if type(data) is not int:
-            self.fail("invalid")
-        return int(super().to_internal_value(data))
-
-
 #: Characters DRF's CharField refuses: NUL and lone surrogates.
 _REFUSED_CHARACTERS = re.compile("[\x00\ud800-\udfff]")
 
@@ -81,27 +72,6 @@ def fast_message_input(data: Any) -> dict[str, Any] | None:
         return None
     validated["priority"] = priority
     return validated
-
-
-#: States as ``ConversationReadApi.InputSerializer`` accepts them.
-_WATERMARK_STATES = frozenset({ReceiptState.READ.value, ReceiptState.DELIVERED.value})
-
-
-def fast_read_input(data: Any) -> tuple[int, str] | None:
-    """The ``(seq, state)`` that ``ConversationReadApi.InputSerializer`` validates a
-    well-formed body to, checked without building the serializer (as ingress does: a
-    watermark is reported by every reader of every message, so this path is hotter than
-    ingress); None for anything else, which the serializer then checks and words the
-    errors for. ``tests/delivery/test_receipts.py`` holds the two to the same answers."""
-    if type(data) is not dict:
-        return None
-    seq = data.get("seq")
-    state = data.get("state", ReceiptState.READ.value)
-    if type(seq) is not int or not 0 <= seq <= services.receipts.MAX_SEQ:
-        return None
-    if type(state) is not str or state not in _WATERMARK_STATES:
-        return None
-    return seq, state
 
 
 def _user(request: Request) -> User:
@@ -163,58 +133,6 @@ class ConversationListCreateApi(APIView):
         )
         conversation = selectors.conversation_for(user=_user(request), conversation_id=conversation.pk)
         return Response(self.OutputSerializer(conversation).data, status=status.HTTP_201_CREATED)
-
-
-class ConversationReadApi(APIView):
-    """Move the caller's read (or delivered) watermark of a conversation forward: every
-    message up to ``seq`` is read. 200 with the watermark as it now stands, also when
-    nothing moved (a repeat, or a ``seq`` at or below the watermark)."""
-
-    @extend_schema_serializer(component_name="ConversationReadInput")
-    class InputSerializer(serializers.Serializer):
-        seq = StrictIntegerField(
-            min_value=0,
-            max_value=services.receipts.MAX_SEQ,
-            help_text="Everything up to this seq; clamped to the conversation's last persisted "
-            "message (messages not persisted yet stay unread); 0 marks nothing.",
-        )
-        state = serializers.ChoiceField(
-            choices=[ReceiptState.READ, ReceiptState.DELIVERED],
-            default=ReceiptState.READ,
-            help_text="read (which implies delivered) or delivered",
-        )
-
-    @extend_schema_serializer(component_name="ReadWatermark")
-    class OutputSerializer(serializers.Serializer):
-        conversation_id = serializers.UUIDField()
-        read_seq = serializers.IntegerField()
-        read_at = serializers.DateTimeField(allow_null=True)
-        delivered_seq = serializers.IntegerField()
-        delivered_at = serializers.DateTimeField(allow_null=True)
-
-    @extend_schema(request=InputSerializer, responses={200: OutputSerializer})
-    def post(self, request: Request, conversation_id: Any) -> Response:
-        fast = fast_read_input(request.data)
-        if fast is None:
-            serializer = self.InputSerializer(data=request.data)
-            serializer.is_valid(raise_exception=True)
-            fast = serializer.validated_data["seq"], serializer.validated_data["state"]
-        seq, state = fast
-        watermark = services.watermark_advance(
-            conversation_id=conversation_id, user=_user(request), seq=seq, state=state
-        )
-        # The OutputSerializer's fields, written directly (as ingress does); the schema
-        # still comes from it, and tests/delivery/test_receipts.py holds the two equal.
-        body = {
-            "conversation_id": watermark.conversation_id,
-            "read_seq": watermark.read_seq,
-            "read_at": _DATETIME.to_representation(watermark.read_at) if watermark.read_at else None,
-            "delivered_seq": watermark.delivered_seq,
-            "delivered_at": (
-                _DATETIME.to_representation(watermark.delivered_at) if watermark.delivered_at else None
-            ),
-        }
-        return Response(body)
 
 
 class MessageCreateApi(APIView):

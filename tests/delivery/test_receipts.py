@@ -20,7 +20,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from delivery import selectors, services
-from delivery.api.views import ConversationReadApi, fast_read_input
+from delivery.api.watermarks import ConversationReadApi, fast_read_input
 from delivery.models import Conversation, Message, MessageReceipt, ReadWatermark, ReceiptState
 from tests.conftest import python_subprocess
 from tests.delivery.conftest import client_for, make_user
