@@ -19,22 +19,35 @@ CONVERSATIONS = 100
 
 
 @contextmanager
-def bench_conversations(count: int = CONVERSATIONS) -> Iterator[tuple[User, list[str]]]:
-    """A sender, a recipient and ``count`` conversations between them, removed afterwards."""
+def bench_conversations(
+    count: int = CONVERSATIONS, participants: int = 2
+) -> Iterator[tuple[User, list[str]]]:
+    """A sender and ``count`` conversations of ``participants`` members each (the sender,
+    a recipient and ``participants - 2`` more members, the same in every conversation),
+    removed afterwards."""
+    if participants < 2:
+        raise ValueError("a conversation of the benchmarks has at least 2 participants")
     tag = uuid.uuid4().hex[:8]
     sender = User.objects.create_user(f"bench-{tag}-a")
     recipient = User.objects.create_user(f"bench-{tag}-b")
+    members = [sender, recipient]
+    if participants > 2:
+        # Unusable passwords: hashing one per member would take longer than the benchmark.
+        members += User.objects.bulk_create(
+            [User(username=f"bench-{tag}-m{i}", password="!") for i in range(participants - 2)]
+        )
     conversations = []
+    Through = Conversation.participants.through
     for _ in range(count):
         conversation = Conversation.objects.create(title=f"bench {tag}")
-        conversation.participants.add(sender, recipient)
+        Through.objects.bulk_create([Through(conversation=conversation, user=m) for m in members])
         conversations.append(str(conversation.pk))
     try:
         yield sender, conversations
     finally:
         Message.objects.filter(conversation_id__in=conversations).delete()
         Conversation.objects.filter(pk__in=conversations).delete()
-        User.objects.filter(pk__in=[sender.pk, recipient.pk]).delete()
+        User.objects.filter(pk__in=[m.pk for m in members]).delete()
 
 
 def _envelope(sender: User, conversation_id: str) -> dict[str, Any]:

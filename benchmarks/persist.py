@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextlib import ExitStack
 
 import dramatiq
 from django.conf import settings
@@ -60,8 +61,17 @@ def _round(
     return {"per_s": messages / elapsed, "cpu_s": cpu}
 
 
-def run_persist(messages: int, rounds: int, threads: int, batch_size: int, progress: Progress) -> Report:
-    """Rows persisted per second by the real actor, batched and one at a time."""
+def run_persist(
+    messages: int,
+    rounds: int,
+    threads: int,
+    batch_size: int,
+    progress: Progress,
+    participants: tuple[int, ...] = (2,),
+) -> Report:
+    """Rows persisted per second by the real actor, batched and one at a time, into
+    conversations of each size in ``participants`` (rounds alternate the sizes, so each
+    figure stands beside the others measured at the same moment)."""
     report = Report("persist")
     report.method = {
         "messages": messages,
@@ -69,28 +79,40 @@ def run_persist(messages: int, rounds: int, threads: int, batch_size: int, progr
         "threads": threads,
         "batch_size": batch_size,
         "conversations": CONVERSATIONS,
+        "participants": list(participants),
         "what": f"N envelopes enqueued over {settings.STREAM_PARTITIONS} partitions, then a Worker runs the "
         "real persist actor until every row is in the database; baseline: the same actor with "
-        "batch_size=1 (one message per transaction); rounds alternate",
+        "batch_size=1 (one message per transaction); rounds alternate, and within a round the "
+        "conversation sizes (members per conversation) alternate",
     }
-    ours: list[float] = []
-    base: list[float] = []
+    ours: dict[int, list[float]] = {p: [] for p in participants}
+    base: dict[int, list[float]] = {p: [] for p in participants}
     baseline_messages = max(1, messages // 4)
-    with bench_conversations() as (sender, conversations):
+    with ExitStack() as stack:
+        groups = {p: stack.enter_context(bench_conversations(participants=p)) for p in participants}
         for r in range(rounds):
-            progress(f"persist round {r + 1}/{rounds}: ours")
-            result = _round(sender, conversations, messages, batch_size, threads)
-            ours.append(result["per_s"])
-            report.rounds.append({"system": "ours", **result})
-            progress(f"persist round {r + 1}/{rounds}: baseline")
-            result = _round(sender, conversations, baseline_messages, 1, threads)
-            base.append(result["per_s"])
-            report.rounds.append({"system": "baseline", **result})
+            for p, (sender, conversations) in groups.items():
+                progress(f"persist round {r + 1}/{rounds}, {p} members: ours")
+                result = _round(sender, conversations, messages, batch_size, threads)
+                ours[p].append(result["per_s"])
+                report.rounds.append({"system": "ours", "participants": p, **result})
+                progress(f"persist round {r + 1}/{rounds}, {p} members: baseline")
+                result = _round(sender, conversations, baseline_messages, 1, threads)
+                base[p].append(result["per_s"])
+                report.rounds.append({"system": "baseline", "participants": p, **result})
     report.method["baseline_messages"] = baseline_messages
+    first = participants[0]
     report.figures = {
-        "persist_per_s": round(median(ours)),
-        "baseline_per_s": round(median(base)),
-        "ratio": round(median(ours) / median(base), 2),
-        "process_peak_rss_mb": self_peak_rss_mb(),
+        "persist_per_s": round(median(ours[first])),
+        "baseline_per_s": round(median(base[first])),
+        "ratio": round(median(ours[first]) / median(base[first]), 2),
     }
+    if len(participants) > 1:
+        for p in participants:
+            report.figures[f"persist_per_s_{p}_members"] = round(median(ours[p]))
+            report.figures[f"baseline_per_s_{p}_members"] = round(median(base[p]))
+        for p in participants[1:]:
+            # Time per message into the larger group over time per message into the first.
+            report.figures[f"time_{p}_vs_{first}_members"] = round(median(ours[first]) / median(ours[p]), 2)
+    report.figures["process_peak_rss_mb"] = self_peak_rss_mb()
     return report

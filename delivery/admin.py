@@ -144,3 +144,19 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # The change permission gates the list's actions; a dead letter's page stays read-only.
         return obj is None and bool(request.user.has_perm("delivery.change_deadletter"))
+
+
+# Read watermarks (issue 22): kept together at the end of the file, import included, so
+# this addition merges apart from the dead-letter admin's rewrite above.
+from delivery.models import ReadWatermark  # noqa: E402
+
+
+@admin.register(ReadWatermark)
+class ReadWatermarkAdmin(ReadOnlyAdmin):
+    """How far each participant has received and read each conversation (moved only by
+    ``POST /api/v1/conversations/{id}/read``)."""
+
+    list_display = ["conversation", "user", "read_seq", "read_at", "delivered_seq", "delivered_at"]
+    search_fields = ["conversation__id", "user__username"]
+    list_select_related = ["conversation", "user"]
+    ordering = ["-delivered_at"]

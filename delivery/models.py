@@ -84,11 +84,17 @@ class ReceiptState(models.TextChoices):
 
 
 class MessageReceipt(models.Model):
-    """One state a recipient reached for a message (one row per state reached)."""
+    """One state a recipient reported for one message (one row per state reached).
+
+    SENT is implied by the persisted message and no longer written (rows written before
+    are still read); most clients report receipts through the conversation's
+    :class:`ReadWatermark` instead, and a message's receipts as the API shows them
+    combine both (``delivery/receipt_states.py``).
+    """
 
     # The unique (message, user, state) and (user, state) indexes cover both foreign keys.
-    # Receipts are written only for a message and users just checked (SENT: in the
-    # statement that inserts the message), so the database does not check them again.
+    # Receipts are written only for a message and a user just checked, so the database
+    # does not check them again.
     message = models.ForeignKey(
         Message, on_delete=models.CASCADE, related_name="receipts", db_index=False, db_constraint=False
     )
@@ -112,6 +118,44 @@ class MessageReceipt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.message_id} {self.user_id} {self.state}"
+
+
+class ReadWatermark(models.Model):
+    """How far one participant has received and read one conversation: every message
+    up to ``delivered_seq`` is delivered to ``user``, every message up to ``read_seq`` is
+    read (so ``read_seq <= delivered_seq``). One row per (conversation, user), moved
+    forward only, in one statement (``delivery/sql.py``); Slack's ``last_read``,
+    Discord's read states and Matrix's receipts work the same way, so receipts cost a
+    row per reader, not a row per recipient per message."""
+
+    # The unique (conversation, user) index serves the conversation's foreign key; the
+    # user's own index serves deleting a user.
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="watermarks", db_index=False
+    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    #: Every message of the conversation up to this ``seq`` is read (0: none).
+    read_seq = models.BigIntegerField(default=0)
+    #: When ``read_seq`` last moved forward (the database's clock); None while it is 0.
+    read_at = models.DateTimeField(null=True, blank=True)
+    #: Every message up to this ``seq`` is delivered (0: none); never below ``read_seq``.
+    delivered_seq = models.BigIntegerField(default=0)
+    #: When ``delivered_seq`` last moved forward; None while it is 0.
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation", "user"], name="watermark_unique_conversation_user"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(read_seq__gte=0, delivered_seq__gte=models.F("read_seq")),
+                name="watermark_read_implies_delivered",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.conversation_id} {self.user_id} read {self.read_seq} delivered {self.delivered_seq}"
 
 
 class DeadLetterStatus(models.TextChoices):

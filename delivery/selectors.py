@@ -11,13 +11,28 @@ from uuid import UUID
 
 from django.contrib.auth.models import User
 from django.core.files.storage import storages
+from django.db import connection
 from django.db.models import QuerySet
 from dramatiq.errors import BrokerConnectionError
 
+from delivery import sql
 from delivery.broker import MESSAGES_QUEUE, get_broker
 from delivery.errors import NotFound
 from delivery.message_ids import partition_of_message_id
-from delivery.models import Conversation, DeadLetter, DeadLetterStatus, Message, MessageReceipt
+from delivery.models import (
+    Conversation,
+    DeadLetter,
+    DeadLetterStatus,
+    Message,
+    MessageReceipt,
+    ReadWatermark,
+)
+from delivery.receipt_states import Receipt, Watermark, message_receipts
+
+#: Where a conversation's unread count stops (clients show "100+", as badges do): each
+#: unread message counted costs an index entry and a heap row (its sender), so the cap
+#: bounds what a long-unread conversation costs the conversation list (~1 µs a message).
+UNREAD_COUNT_MAX = 100
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +70,31 @@ def conversation_list(*, user: User) -> QuerySet[Conversation]:
         .prefetch_related("participants")
         .order_by("-created_at")
     )
+
+
+def unread_counts(*, user: User) -> dict[UUID, int]:
+    """For each conversation ``user`` takes part in, the persisted messages after the
+    user's read watermark that others sent, up to :data:`UNREAD_COUNT_MAX`. One indexed
+    query for all of them (``sql.unread_counts``)."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.unread_counts(), [UNREAD_COUNT_MAX, user.pk])
+        return {UUID(str(conversation_id)): int(count) for conversation_id, count in cursor.fetchall()}
+
+
+def _watermark(row: ReadWatermark) -> Watermark:
+    return Watermark(
+        conversation_id=str(row.conversation_id),
+        read_seq=row.read_seq,
+        read_at=row.read_at,
+        delivered_seq=row.delivered_seq,
+        delivered_at=row.delivered_at,
+    )
+
+
+def watermark_of(*, user: User, conversation_id: UUID) -> Watermark | None:
+    """``user``'s watermark of a conversation; None before the first report."""
+    row = ReadWatermark.objects.filter(conversation_id=conversation_id, user=user).first()
+    return _watermark(row) if row is not None else None
 
 
 def conversation_for(*, user: User, conversation_id: UUID) -> Conversation:
@@ -112,6 +152,38 @@ def _envelope_content(envelope: dict[str, Any]) -> str:
     return str(envelope.get("content", ""))
 
 
+def _receipts_of(message: Message) -> list[Receipt]:
+    """A persisted message's receipts: SENT for every recipient, and what the recipients'
+    watermarks and the message's own receipt rows say (``delivery/receipt_states.py``).
+    Three indexed queries (recipients, rows, watermarks), whatever the conversation's size."""
+    recipients = (
+        User.objects.filter(conversations=message.conversation_id)
+        .exclude(pk=message.sender_id)
+        .values_list("username", flat=True)
+    )
+    rows = [
+        Receipt(user=username, state=state, timestamp=timestamp)
+        for username, state, timestamp in MessageReceipt.objects.filter(message=message).values_list(
+            "user__username", "state", "timestamp"
+        )
+    ]
+    watermarks = {
+        w.user.get_username(): _watermark(w)
+        for w in ReadWatermark.objects.filter(
+            conversation_id=message.conversation_id, delivered_seq__gte=message.seq
+        )
+        .exclude(user_id=message.sender_id)
+        .select_related("user")
+    }
+    return message_receipts(
+        seq=message.seq,
+        persisted_at=message.persisted_at,
+        recipients=list(recipients),
+        rows=rows,
+        watermarks=watermarks,
+    )
+
+
 def message_detail(*, user: User, message_id: UUID) -> MessageDetail:
     """One message for ``user``: persisted, dead-lettered or still pending."""
     message = Message.objects.select_related("sender").filter(pk=message_id).first()
@@ -119,10 +191,7 @@ def message_detail(*, user: User, message_id: UUID) -> MessageDetail:
         if not _is_participant(user, str(message.conversation_id)):
             raise NotFound("message not found")
         receipts = [
-            {"user": r.user.get_username(), "state": r.state, "timestamp": r.timestamp}
-            for r in MessageReceipt.objects.filter(message=message)
-            .select_related("user")
-            .order_by("timestamp", "id")
+            {"user": r.user, "state": r.state, "timestamp": r.timestamp} for r in _receipts_of(message)
         ]
         return MessageDetail(
             message_id=str(message.pk),

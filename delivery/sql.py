@@ -20,7 +20,7 @@ from uuid import UUID
 from django.db import connection
 from django.db.models import Field
 
-from delivery.models import Conversation, Message, MessageReceipt, Priority
+from delivery.models import Conversation, Message, MessageReceipt, Priority, ReadWatermark
 
 #: A message as the persist actor receives it: the envelope ingress enqueued, with ``seq``.
 Envelope = dict[str, Any]
@@ -100,6 +100,15 @@ def prep(model: type[Any], field: str, value: Any) -> Any:
     return model._meta.get_field(field).get_db_prep_save(value, connection)
 
 
+def aware_datetime(value: datetime | str | None) -> datetime | None:
+    """A time a raw statement returned, as the ORM gives it: PostgreSQL returns an aware
+    datetime, SQLite a naive one (or its text) in UTC."""
+    if value is None:
+        return None
+    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
 def _tables() -> tuple[str, str, str]:
     return (
         Message._meta.db_table,
@@ -121,23 +130,16 @@ def sender_check() -> str:
 
 @cache
 def insert_messages_postgresql() -> str:
-    """One statement: a batch of messages (params: the JSON document of
-    :func:`message_json_row` rows, the SENT state) and, for the rows really inserted,
-    SENT receipts for the other participants; returns the inserted ids."""
-    messages, receipts, participants = _tables()
+    """One statement: a batch of messages (param: the JSON document of
+    :func:`message_json_row` rows); returns the inserted ids. No receipt row per
+    recipient: SENT is implied by the persisted message (issue 22)."""
+    messages, _, _ = _tables()
     columns = ", ".join(c.column for c in MESSAGE_COLUMNS)
     values = ", ".join(c.from_json.format(f"x->>{i}") for i, c in enumerate(MESSAGE_COLUMNS))
     return (
-        f"WITH inserted AS ("
-        f"  INSERT INTO {messages} ({columns})"
-        f"  SELECT {values} FROM jsonb_array_elements(%s::jsonb) AS x"
-        f"  ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, conversation_id, sender_id"
-        f"), receipts AS ("
-        f"  INSERT INTO {receipts} (message_id, user_id, state)"
-        f"  SELECT i.id, p.user_id, %s FROM inserted i"
-        f"  JOIN {participants} p ON p.conversation_id = i.conversation_id AND p.user_id <> i.sender_id"
-        f"  ON CONFLICT (message_id, user_id, state) DO NOTHING"
-        f") SELECT id FROM inserted"
+        f"INSERT INTO {messages} ({columns}) "
+        f"SELECT {values} FROM jsonb_array_elements(%s::jsonb) AS x "
+        "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
     )
 
 
@@ -153,20 +155,6 @@ def insert_messages_portable(count: int) -> str:
     )
 
 
-def insert_sent_receipts_portable(count: int) -> str:
-    """SENT receipts for the other participants of ``count`` messages (params: the SENT
-    state, then the message ids)."""
-    messages, receipts, participants = _tables()
-    marks = ", ".join(["%s"] * count)
-    return (
-        f"INSERT INTO {receipts} (message_id, user_id, state) "
-        f"SELECT m.id, p.user_id, %s FROM {messages} m "
-        f"JOIN {participants} p ON p.conversation_id = m.conversation_id "
-        f"WHERE m.id IN ({marks}) AND p.user_id <> m.sender_id "
-        "ON CONFLICT (message_id, user_id, state) DO NOTHING"
-    )
-
-
 def insert_receipts(count: int) -> str:
     """``count`` receipt rows (params: message, user, state of each); returns the states
     really inserted (a state already there is a no-op)."""
@@ -175,6 +163,76 @@ def insert_receipts(count: int) -> str:
     return (
         f"INSERT INTO {receipts} (message_id, user_id, state) VALUES {values} "
         "ON CONFLICT (message_id, user_id, state) DO NOTHING RETURNING state"
+    )
+
+
+#: The SQL spelling of what the watermark statement needs, per database: the larger and
+#: smaller of two values, and the time now (the clock ``Now()`` gives ``persisted_at``).
+_DIALECTS = {
+    "postgresql": {"greatest": "GREATEST", "least": "LEAST", "now": "STATEMENT_TIMESTAMP()"},
+    "sqlite": {"greatest": "MAX", "least": "MIN", "now": "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'NOW')"},
+}
+
+
+@cache
+def advance_watermark(vendor: str) -> str:
+    """One statement, whatever the conversation's size: move a user's watermark of a
+    conversation forward, if the user takes part in it, and return it (``read_seq``,
+    ``read_at``, ``delivered_seq``, ``delivered_at``); no row when the user does not
+    take part.
+
+    Params: the read target (0 to leave it), the delivered target, the conversation (as
+    its column holds it, twice), the user. Each target is clamped to the conversation's
+    highest persisted ``seq``, so a message not persisted yet (or never acknowledged) is
+    not marked read before anyone could see it. ``GREATEST`` under ``ON CONFLICT`` makes
+    it monotonic under concurrency: the row is locked while it is updated, and a smaller
+    target leaves it as it is (a time moves only with its ``seq``).
+    """
+    sql = _DIALECTS["postgresql" if vendor == "postgresql" else "sqlite"]
+    greatest, least, now = sql["greatest"], sql["least"], sql["now"]
+    messages, _, participants = _tables()
+    watermarks = ReadWatermark._meta.db_table
+    return (
+        f"INSERT INTO {watermarks} "
+        "(conversation_id, user_id, read_seq, read_at, delivered_seq, delivered_at) "
+        f"SELECT t.conversation_id, t.user_id, t.read_seq, CASE WHEN t.read_seq > 0 THEN {now} END, "
+        f"t.delivered_seq, CASE WHEN t.delivered_seq > 0 THEN {now} END "
+        f"FROM (SELECT p.conversation_id, p.user_id, {least}(%s, last.seq) AS read_seq, "
+        f"{least}(%s, last.seq) AS delivered_seq "
+        f"FROM {participants} p, "
+        f"(SELECT COALESCE(MAX(seq), 0) AS seq FROM {messages} WHERE conversation_id = %s) AS last "
+        f"WHERE p.conversation_id = %s AND p.user_id = %s) AS t "
+        # SQLite needs a WHERE before an upsert's ON CONFLICT (its parser would take ON for a join's).
+        "WHERE true "
+        "ON CONFLICT (conversation_id, user_id) DO UPDATE SET "
+        f"read_seq = {greatest}({watermarks}.read_seq, excluded.read_seq), "
+        f"read_at = CASE WHEN excluded.read_seq > {watermarks}.read_seq "
+        f"THEN excluded.read_at ELSE {watermarks}.read_at END, "
+        f"delivered_seq = {greatest}({watermarks}.delivered_seq, excluded.delivered_seq), "
+        f"delivered_at = CASE WHEN excluded.delivered_seq > {watermarks}.delivered_seq "
+        f"THEN excluded.delivered_at ELSE {watermarks}.delivered_at END "
+        "RETURNING read_seq, read_at, delivered_seq, delivered_at"
+    )
+
+
+@cache
+def unread_counts() -> str:
+    """For each conversation a user takes part in: the persisted messages after the
+    user's read watermark that others sent, counted up to a cap (params: the cap, the
+    user). One statement for the whole list: the participants' user index finds the
+    conversations, the unique (conversation, user) index the watermarks, and the unique
+    (conversation, seq) index each conversation's messages after the watermark; the cap
+    bounds how many index entries a long-unread conversation costs."""
+    messages, _, participants = _tables()
+    watermarks = ReadWatermark._meta.db_table
+    return (
+        "SELECT p.conversation_id, "
+        f"(SELECT COUNT(*) FROM (SELECT 1 FROM {messages} m "
+        "WHERE m.conversation_id = p.conversation_id AND m.seq > COALESCE(w.read_seq, 0) "
+        "AND m.sender_id <> p.user_id LIMIT %s) AS unread) "
+        f"FROM {participants} p LEFT JOIN {watermarks} w "
+        "ON w.conversation_id = p.conversation_id AND w.user_id = p.user_id "
+        "WHERE p.user_id = %s"
     )
 
 

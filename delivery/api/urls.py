@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from delivery.api import batch, views
+from delivery.api import batch, views, watermarks
 
 urlpatterns = [
     path("conversations", views.ConversationListCreateApi.as_view(), name="conversations"),
@@ -10,6 +10,11 @@ urlpatterns = [
         "conversations/<uuid:conversation_id>/messages",
         views.ConversationMessagesApi.as_view(),
         name="conversation-messages",
+    ),
+    path(
+        "conversations/<uuid:conversation_id>/read",
+        watermarks.ConversationReadApi.as_view(),
+        name="conversation-read",
     ),
     path("messages", views.MessageCreateApi.as_view(), name="messages"),
     path("messages/batch", batch.MessageBatchCreateApi.as_view(), name="messages-batch"),

@@ -103,10 +103,24 @@ class ConversationListCreateApi(APIView):
         def get_participants(self, conversation: Any) -> list[str]:
             return sorted(u.get_username() for u in conversation.participants.all())
 
-    @extend_schema(responses=OutputSerializer(many=True))
+    @extend_schema_serializer(component_name="ConversationListItem")
+    class ListOutputSerializer(OutputSerializer):
+        unread_count = serializers.SerializerMethodField(
+            help_text=f"Persisted messages after the caller's read watermark that others sent, "
+            f"counted up to {selectors.UNREAD_COUNT_MAX} (which then means that many or more)."
+        )
+
+        def get_unread_count(self, conversation: Any) -> int:
+            return int(self.context["unread_counts"].get(conversation.pk, 0))
+
+    @extend_schema(responses=ListOutputSerializer(many=True))
     def get(self, request: Request) -> Response:
-        conversations = selectors.conversation_list(user=_user(request))
-        return Response(self.OutputSerializer(conversations, many=True).data)
+        user = _user(request)
+        conversations = selectors.conversation_list(user=user)
+        unread_counts = selectors.unread_counts(user=user)
+        return Response(
+            self.ListOutputSerializer(conversations, many=True, context={"unread_counts": unread_counts}).data
+        )
 
     @extend_schema(request=InputSerializer, responses={201: OutputSerializer})
     def post(self, request: Request) -> Response:

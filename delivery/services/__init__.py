@@ -10,7 +10,7 @@ from delivery.services.dead_letters import dead_letter_discard, dead_letter_requ
 from delivery.services.ingest import IngestResult, IngressItem, message_ingest
 from delivery.services.ingest_batch import messages_ingest
 from delivery.services.persistence import PersistOutcome, messages_persist
-from delivery.services.receipts import receipt_record
+from delivery.services.receipts import receipt_record, watermark_advance
 
 __all__ = [
     "IngestResult",
@@ -24,4 +24,5 @@ __all__ = [
     "messages_ingest",
     "messages_persist",
     "receipt_record",
+    "watermark_advance",
 ]

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from django.db import connection, transaction
+from django.db import connection
 
 from delivery import metrics, sql
 from delivery.errors import IdempotencyKeyConflict
-from delivery.models import Message, ReceiptState
+from delivery.models import Message
 from delivery.sql import Envelope
 
 
@@ -28,8 +28,9 @@ def messages_persist(*, envelopes: list[Envelope]) -> PersistOutcome:
     """Insert a batch of messages (each with its ``seq``) in one transaction.
 
     One multi-row ``INSERT … ON CONFLICT (idempotency_key) DO NOTHING RETURNING``;
-    rows already there are idempotent hits, not errors. SENT receipts for the
-    recipients are written by the same statement.
+    rows already there are idempotent hits, not errors. No receipt row per recipient:
+    SENT is implied by the persisted message, so the cost does not grow with the
+    conversation's size.
 
     Raises:
       IdempotencyKeyConflict: a *different* message already holds an envelope's key.
@@ -45,36 +46,29 @@ def messages_persist(*, envelopes: list[Envelope]) -> PersistOutcome:
 
 
 def _insert_postgresql(cursor: Any, envelopes: list[Envelope]) -> list[UUID]:
-    """One statement: the messages and, for the rows really inserted, SENT receipts.
-    The batch travels as one JSON document (a row per message): encoding it is one C
-    call, where array parameters were quoted element by element in Python."""
+    """One statement. The batch travels as one JSON document (a row per message):
+    encoding it is one C call, where array parameters were quoted element by element
+    in Python."""
     document = json.dumps([sql.message_json_row(e) for e in envelopes])
-    cursor.execute(sql.insert_messages_postgresql(), [document, str(ReceiptState.SENT)])
+    cursor.execute(sql.insert_messages_postgresql(), [document])
     return [row[0] for row in cursor.fetchall()]
 
 
 def _insert_portable(cursor: Any, envelopes: list[Envelope]) -> list[UUID]:
-    """The same for other databases (SQLite in the quick start): two statements."""
+    """The same for other databases (SQLite in the quick start)."""
     params = [p for e in envelopes for p in sql.message_params(e)]
     cursor.execute(sql.insert_messages_portable(len(envelopes)), params)
-    inserted = [UUID(str(row[0])) for row in cursor.fetchall()]
-    if inserted:
-        cursor.execute(
-            sql.insert_sent_receipts_portable(len(inserted)),
-            [ReceiptState.SENT, *(sql.prep(Message, "id", i) for i in inserted)],
-        )
-    return inserted
+    return [UUID(str(row[0])) for row in cursor.fetchall()]
 
 
 def _persist(envelopes: list[Envelope]) -> PersistOutcome:
     if not envelopes:
         return PersistOutcome(0, 0)
-    if connection.vendor == "postgresql":
-        # One statement is atomic on its own: one round trip, no BEGIN and COMMIT.
-        with connection.cursor() as cursor:
+    # One statement is atomic on its own: one round trip, no BEGIN and COMMIT.
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
             inserted = _insert_postgresql(cursor, envelopes)
-    else:
-        with transaction.atomic(), connection.cursor() as cursor:
+        else:
             inserted = _insert_portable(cursor, envelopes)
     if len(inserted) < len(envelopes):
         _check_skipped_are_repeats(envelopes, set(inserted))

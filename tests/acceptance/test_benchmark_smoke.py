@@ -17,10 +17,11 @@ pytestmark = pytest.mark.acceptance
 
 SMOKE = {
     "broker": ["--messages", "300", "--rounds", "1", "--threads", "4"],
-    "persist": ["--messages", "400", "--rounds", "1", "--threads", "4"],
+    "persist": ["--messages", "400", "--rounds", "1", "--threads", "4", "--participants", "2,5"],
     "ingress": ["--seconds", "1", "--rounds", "1"],
     "e2e": ["--messages", "100", "--rate", "100"],
     "takeover": ["--rounds", "1"],
+    "receipts": ["--seconds", "1", "--rounds", "1", "--participants", "2,5"],
 }
 
 EXPECTED_KEYS = {
@@ -30,6 +31,8 @@ EXPECTED_KEYS = {
     "ingress": {"ingress_per_s", "baseline_per_s", "ratio", "p50_ms", "p99_ms"},
     "e2e": {"offered_per_s", "achieved_per_s", "p50_ms", "p95_ms", "p99_ms"},
     "takeover": {"takeover_s"},
+    "receipts": {"updates_per_s", "baseline_per_s", "ratio", "statements_per_update",
+                 "updates_per_s_5_members", "statements_per_update_5_members"},
 }  # fmt: skip
 
 #: Memory figures (MB of peak resident memory; bytes of Redis memory per queued message).
@@ -39,6 +42,7 @@ MEMORY_KEYS = {
     "ingress": {"api_peak_rss_mb"},
     "e2e": {"api_peak_rss_mb", "workers_peak_rss_mb"},
     "takeover": set(),
+    "receipts": {"api_peak_rss_mb"},
 }
 
 
@@ -78,6 +82,10 @@ def test_benchmark_scenario_prints_sane_figures_and_cleans_up(
         assert report["enqueue_per_s"] > 0 and report["consume_per_s"] > 0
     elif "ratio" in report:
         assert report["ratio"] > 0
+    if scenario == "persist":
+        assert report["persist_per_s_5_members"] > 0 and report["time_5_vs_2_members"] > 0
+    if scenario == "receipts":
+        assert report["statements_per_update"] == report["statements_per_update_5_members"] == 1
     # it removed what it made
     assert Conversation.objects.count() == 0 and Message.objects.count() == 0
     assert redis_client.keys("*bench-*") == []

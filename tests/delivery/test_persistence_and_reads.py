@@ -21,7 +21,7 @@ from tests.conftest import wait_for
 from tests.delivery.conftest import client_for, make_user, send
 
 
-def test_happy_path_message_goes_from_pending_to_persisted_with_sent_receipts(
+def test_happy_path_message_goes_from_pending_to_persisted_with_implied_sent_receipts(
     api, conversation, bob, run_worker, project_broker
 ):
     ack = send(api, conversation, "hello bob", client_message_id="c1")
@@ -37,9 +37,9 @@ def test_happy_path_message_goes_from_pending_to_persisted_with_sent_receipts(
     assert persisted["state"] == "persisted"
     assert (persisted["seq"], persisted["sender"], persisted["content"]) == (1, "alice", "hello bob")
     assert persisted["persisted_at"] is not None
-    assert persisted["receipts"] == [
-        {"user": "bob", "state": "sent", "timestamp": persisted["receipts"][0]["timestamp"]}
-    ]
+    # SENT is implied by the persisted message, at its persistence, and is no row.
+    assert persisted["receipts"] == [{"user": "bob", "state": "sent", "timestamp": persisted["persisted_at"]}]
+    assert not MessageReceipt.objects.exists()
     row = Message.objects.get(pk=ack["message_id"])
     assert row.idempotency_key == f"c:{row.sender_id}:{conversation.pk}:c1"
     assert row.correlation_id == ack["correlation_id"]
@@ -90,7 +90,7 @@ def test_persisting_the_same_envelope_twice_is_an_idempotent_hit(alice, conversa
     assert (first.inserted, first.duplicates) == (1, 0)
     assert (again.inserted, again.duplicates) == (0, 2)
     assert Message.objects.count() == 1
-    assert MessageReceipt.objects.filter(state=ReceiptState.SENT).count() == 1
+    assert not MessageReceipt.objects.exists()
 
 
 def test_the_persisted_row_holds_the_envelope_exactly(alice, bob, conversation):
@@ -118,9 +118,7 @@ def test_the_persisted_row_holds_the_envelope_exactly(alice, bob, conversation):
     )
     assert (row.idempotency_key, row.correlation_id, row.priority) == ("c:1:exact ✓", "cid-1", "urgent")
     assert row.created_at == datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=UTC)
-    assert list(MessageReceipt.objects.filter(message_id=message_id).values_list("user_id", "state")) == [
-        (bob.pk, ReceiptState.SENT)
-    ]
+    assert not MessageReceipt.objects.filter(message_id=message_id).exists()  # SENT is implied
 
 
 def test_a_different_message_with_a_used_key_is_a_conflict_not_a_silent_drop(alice, conversation):
@@ -183,7 +181,7 @@ def test_receipts_are_monotonic_and_read_implies_delivered(
     states = set(
         MessageReceipt.objects.filter(message_id=message_id, user=bob).values_list("state", flat=True)
     )
-    assert states == {"sent", "delivered", "read"}
+    assert states == {"delivered", "read"}
 
 
 def test_delivered_then_read_are_each_new_once(api, conversation, bob, run_worker, project_broker):

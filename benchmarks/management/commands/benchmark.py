@@ -3,6 +3,7 @@ measured in the same run (see docs/benchmarks.md)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Any
@@ -14,17 +15,29 @@ from benchmarks.e2e import run_e2e
 from benchmarks.ingress import run_ingress
 from benchmarks.ingress_batch import run_ingress_batch
 from benchmarks.persist import run_persist
+from benchmarks.receipts import run_receipts
 from benchmarks.report import BenchmarkError, Report, check_services
 from benchmarks.takeover import run_takeover
 
-SCENARIOS = ("broker", "persist", "ingress", "ingress-batch", "e2e", "takeover")
+SCENARIOS = ("broker", "persist", "ingress", "ingress-batch", "e2e", "takeover", "receipts")
 
 #: Default message counts per scenario.
 DEFAULT_MESSAGES = {"broker": 20_000, "persist": 50_000, "e2e": 5_000}
 
 
+def _participants(text: str) -> tuple[int, ...]:
+    """``--participants``: comma-separated conversation sizes, each at least 2."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 2,50,500, got {text!r}") from None
+    if not sizes or min(sizes) < 2 or len(set(sizes)) != len(sizes):
+        raise argparse.ArgumentTypeError(f"expected distinct sizes of at least 2, got {text!r}")
+    return sizes
+
+
 class Command(BaseCommand):
-    help = "Measure a scenario (broker, persist, ingress, e2e, takeover, or all) against its baseline."
+    help = "Measure a scenario (or all of them) against its baseline measured in the same run."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
@@ -32,13 +45,20 @@ class Command(BaseCommand):
         parser.add_argument("--rounds", type=int, default=3, help="rounds (medians are reported)")
         parser.add_argument("--threads", type=int, default=8, help="producer and worker threads")
         parser.add_argument("--batch-size", type=int, default=100, help="persist: messages per transaction")
-        parser.add_argument("--seconds", type=int, default=10, help="ingress: seconds per measurement")
+        parser.add_argument("--seconds", type=int, default=10, help="ingress, receipts: seconds per run")
         parser.add_argument("--rate", type=float, default=1000.0, help="e2e: offered messages per second")
         parser.add_argument(
             "--batch",
             type=int,
             default=0,
             help="e2e: messages per POST /api/v1/messages/batch (0: single POSTs)",
+        )
+        parser.add_argument(
+            "--participants",
+            type=_participants,
+            default=(2,),
+            help="persist, receipts: members per conversation, comma-separated sizes measured side by side "
+            "(2,50,500)",
         )
         parser.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
 
@@ -68,13 +88,17 @@ class Command(BaseCommand):
         if scenario == "broker":
             return run_broker(messages, rounds, threads, self.progress)
         if scenario == "persist":
-            return run_persist(messages, rounds, threads, options["batch_size"], self.progress)
+            return run_persist(
+                messages, rounds, threads, options["batch_size"], self.progress, options["participants"]
+            )
         if scenario == "ingress":
             return run_ingress(options["seconds"], rounds, self.progress)
         if scenario == "ingress-batch":
             return run_ingress_batch(options["seconds"], rounds, self.progress)
         if scenario == "e2e":
             return run_e2e(messages, options["rate"], self.progress, batch=options["batch"])
+        if scenario == "receipts":
+            return run_receipts(options["seconds"], rounds, self.progress, options["participants"])
         return run_takeover(rounds, self.progress)
 
     def progress(self, text: str) -> None:
