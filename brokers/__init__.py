@@ -4,7 +4,7 @@ This package knows Redis and Dramatiq only; it never imports Django.
 """
 
 from brokers.broker import RedisStreamsBroker
-from brokers.errors import DeadLetterNotFound, StreamsBrokerError
+from brokers.errors import DeadLetterNotFound, NotReplicated, StreamsBrokerError
 from brokers.keys import partition_for
 from brokers.proxy import StreamMessageProxy
 from brokers.records import DeadLetterEntry, PartitionStats
@@ -14,6 +14,7 @@ __all__ = [
     "DeadLetterEntry",
     "DeadLetterNotFound",
     "InPlaceRetries",
+    "NotReplicated",
     "PartitionStats",
     "RedisStreamsBroker",
     "StreamMessageProxy",

@@ -56,6 +56,9 @@ DEFAULT_HEARTBEAT_INTERVAL_MS = 1000
 #: How long an idempotency key is remembered, in milliseconds (24 h, as Stripe does).
 DEFAULT_IDEMPOTENCY_TTL_MS = 86_400_000
 
+#: How long an enqueue waits for ``min_replicas_ack`` replicas to confirm, in milliseconds.
+DEFAULT_REPLICAS_ACK_TIMEOUT_MS = 1000
+
 #: Longest single blocking wait of idle partitions, in milliseconds.
 DEFAULT_POLL_INTERVAL_MS = 5000
 
@@ -89,6 +92,8 @@ class RedisStreamsBroker(Broker):
       lease_ttl_ms, heartbeat_interval_ms: partition lease tuning.
       idempotency_ttl_ms: default lifetime of idempotency records (0: until done).
       idempotency_grace_ms: lifetime of a record kept until done, after the ack.
+      min_replicas_ack, replicas_ack_timeout_ms: an enqueue returns only once that many
+        replicas hold it (``WAIT``), else raises :class:`brokers.errors.NotReplicated`.
       poll_interval_ms: longest blocking wait of idle partitions.
       fetch_count: entries read per partition and round trip, at most.
       idle_poll_max_ms, delay_check_ms: consumer polling tuning.
@@ -115,6 +120,8 @@ class RedisStreamsBroker(Broker):
         heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS,
         idempotency_ttl_ms: int = DEFAULT_IDEMPOTENCY_TTL_MS,
         idempotency_grace_ms: int = DEFAULT_IDEMPOTENCY_GRACE_MS,
+        min_replicas_ack: int = 0,
+        replicas_ack_timeout_ms: int = DEFAULT_REPLICAS_ACK_TIMEOUT_MS,
         poll_interval_ms: int = DEFAULT_POLL_INTERVAL_MS,
         fetch_count: int = DEFAULT_FETCH_COUNT,
         idle_poll_max_ms: int = DEFAULT_IDLE_POLL_MAX_MS,
@@ -162,6 +169,8 @@ class RedisStreamsBroker(Broker):
             namespace=namespace,
             consumer_name=self.consumer_name,
             idempotency_grace_ms=idempotency_grace_ms,
+            min_replicas_ack=min_replicas_ack,
+            replicas_ack_timeout_ms=replicas_ack_timeout_ms,
         )
         self.enqueuer = Enqueuer(self.store, EnqueueSettings(partitions, idempotency_ttl_ms, sequence_floor))
         self.inspector = Inspector(self.store, partitions)

@@ -17,6 +17,12 @@ class StreamsBrokerError(BrokerError):
     """Base class of the errors this broker raises itself."""
 
 
+class NotReplicated(StreamsBrokerError):
+    """An enqueue reached fewer replicas than ``min_replicas_ack`` asked for in time. It is
+    on the master and may or may not survive a failover: retry it with the same
+    idempotency key (a repeat is answered with the first message, never enqueued twice)."""
+
+
 class DeadLetterNotFound(StreamsBrokerError):
     """The dead letter named does not exist (any more) in its dead-letter stream."""
 

@@ -25,15 +25,13 @@ import redis
 from redis.cluster import RedisCluster
 
 from brokers.coalesce import Coalescer
-from brokers.errors import UNREACHABLE, redis_unreachable_as_connection_closed
+from brokers.errors import redis_unreachable_as_connection_closed
 from brokers.keys import PartitionKeys, members_key, partition_keys
 from brokers.records import ERROR_LIMIT_CHARS, StreamEntry, decode_entry, text
+from brokers.scripts import Call, ScriptRunner, raise_first
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-
-#: A script call: (script, keys, args).
-Call = tuple[Any, list[str], list[Any]]
 
 _SCRIPTS = (
     "enqueue", "read", "claim", "ack", "retry", "start", "dead_letter", "requeue", "lease", "heartbeat",
@@ -98,6 +96,8 @@ class StreamStore:
         namespace: str,
         consumer_name: str,
         idempotency_grace_ms: int = 60_000,
+        min_replicas_ack: int = 0,
+        replicas_ack_timeout_ms: int = 1000,
     ) -> None:
         self.client = client
         #: How long an idempotency record kept "until done" lives after its message's ack.
@@ -113,7 +113,10 @@ class StreamStore:
         self._keys: dict[tuple[str, int], PartitionKeys] = {}
         self._groups_ready: set[str] = set()
         #: Concurrent enqueues share round trips (each still waits for its own answer).
-        self._enqueues = Coalescer(self._run_each)
+        self.runner = ScriptRunner(
+            client, min_replicas_ack=min_replicas_ack, replicas_ack_timeout_ms=replicas_ack_timeout_ms
+        )
+        self._enqueues = Coalescer(self.runner.run_enqueues)
 
     def keys(self, queue_name: str, partition: int) -> PartitionKeys:
         """Key names of ``queue_name``'s ``partition``."""
@@ -162,12 +165,17 @@ class StreamStore:
     @_translated
     def enqueue(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """Run the enqueue script once per (keys, args): one call is group-committed with
-        concurrent callers; several go in one round trip of their own."""
+        concurrent callers; several go in one round trip of their own. With
+        ``min_replicas_ack``, each round trip ends with ``WAIT`` on its node.
+
+        Raises:
+          NotReplicated: fewer replicas than asked confirmed in time.
+        """
         script = self._scripts["enqueue"]
         if len(calls) == 1:
             return [self._enqueues.call((script, *calls[0]))]
-        replies = self._run_each([(script, keys, args) for keys, args in calls])
-        _raise_first(replies)
+        replies = self.runner.run_enqueues([(script, keys, args) for keys, args in calls])
+        raise_first(replies)
         return replies
 
     # -- the consumer's steps -------------------------------------------------------------
@@ -198,10 +206,10 @@ class StreamStore:
                 script_keys += [names.stream, names.delayed, names.lease]
             args = [queue_name, self.consumer_name, self.consumer_name, *(reads[p] for p in group)]
             calls.append((self._scripts["read"], script_keys, args))
-        replies = self._run_each(calls)
+        replies = self.runner.run(calls)
         if self._group_lost(queue_name, replies):
             return {}, {}
-        _raise_first(replies)
+        raise_first(replies)
         claimed = {p: _claim_reply(r) for p, r in zip(claims, replies, strict=False)}
         read_replies = [reply for group in replies[len(claims) :] for reply in group]
         read = {p: _read_reply(r) for p, r in zip(reads, read_replies, strict=True)}
@@ -238,7 +246,7 @@ class StreamStore:
     def ack(self, queue_name: str, acks: Acks) -> None:
         """Ack and delete processed entries of several partitions (one round trip where
         possible), forget where their messages were and let their idempotency records expire."""
-        _raise_first(self._run_each(self._ack_calls(queue_name, acks)))
+        raise_first(self.runner.run(self._ack_calls(queue_name, acks)))
 
     def _ack_calls(self, queue_name: str, acks: Acks) -> list[Call]:
         calls = []
@@ -325,8 +333,8 @@ class StreamStore:
             )
             for p in partitions
         ]
-        replies = self._run_each(calls)
-        _raise_first(replies)
+        replies = self.runner.run(calls)
+        raise_first(replies)
         return [bool(r) for r in replies]
 
     @_translated
@@ -342,7 +350,7 @@ class StreamStore:
             calls.append(
                 (self._scripts["lease"], [keys.lease, keys.state], ["release", self.consumer_name, 0, *marks])
             )
-        _raise_first(self._run_each(calls))
+        raise_first(self.runner.run(calls))
 
     @_translated
     def heartbeat(self, ttl_ms: int, *, leave: bool = False) -> list[str]:
@@ -354,70 +362,9 @@ class StreamStore:
 
     # -- script plumbing ------------------------------------------------------------------
 
-    def _run_each(self, calls: list[Call]) -> list[Any]:
-        """Run scripts in one round trip (single node; on a cluster, one per node); each
-        result is a value or the error that script answered with.
-
-        Pipelines use ``EVALSHA`` directly: redis-py's pipelined scripts cost an extra
-        ``SCRIPT EXISTS`` round trip on every execute (and its cluster pipeline refuses
-        scripts). A call a pipeline could not run (a script Redis does not know after a
-        restart, a slot that moved) is run again alone, through the client that follows.
-        """
-        if not calls:
-            return []
-        if len(calls) == 1:
-            return [self._run_alone(calls[0])]
-        if not self.is_cluster:
-            return self._pipelined(self.client, calls)
-        cluster = cast(RedisCluster, self.client)
-        by_node: dict[str, tuple[Any, list[int]]] = {}
-        for i, (_, keys, _) in enumerate(calls):
-            node = cluster.get_node_from_key(keys[0])
-            by_node.setdefault(node.name, (node, []))[1].append(i)
-        results: list[Any] = [None] * len(calls)
-        for node, indexes in by_node.values():
-            if len(indexes) == 1:
-                results[indexes[0]] = self._run_alone(calls[indexes[0]])
-                continue
-            try:
-                replies = self._pipelined(cluster.get_redis_connection(node), [calls[i] for i in indexes])
-            except UNREACHABLE:
-                cluster.nodes_manager.initialize()  # the node failed over: ask the cluster again
-                replies = [self._run_alone(calls[i]) for i in indexes]
-            for i, reply in zip(indexes, replies, strict=True):
-                results[i] = reply
-        return results
-
-    def _pipelined(self, client: Any, calls: list[Call]) -> list[Any]:
-        pipe = client.pipeline(transaction=False)
-        for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        results = cast(list[Any], pipe.execute(raise_on_error=False))
-        for i, (result, call) in enumerate(zip(results, calls, strict=True)):
-            if isinstance(
-                result,
-                redis.exceptions.NoScriptError | redis.exceptions.MovedError | redis.exceptions.AskError,
-            ):
-                results[i] = self._run_alone(call)
-        return results
-
-    @staticmethod
-    def _run_alone(call: Call) -> Any:
-        script, keys, args = call
-        try:
-            return script(keys=keys, args=args)
-        except redis.ResponseError as error:
-            return error
-
     def script(self, name: str) -> Any:
         """A registered script, for the inspection layer."""
         return self._scripts[name]
-
-
-def _raise_first(replies: Sequence[Any]) -> None:
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
 
 
 def _read_reply(reply: Sequence[Any]) -> ReadReply:

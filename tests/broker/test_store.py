@@ -13,9 +13,10 @@ from dramatiq.errors import BrokerConnectionError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from brokers import RedisStreamsBroker, partition_for
+from brokers import NotReplicated, RedisStreamsBroker, partition_for
 from brokers.records import StreamEntry
 from brokers.store import Done
+from tests.conftest import wait_for
 
 
 @pytest.fixture
@@ -147,3 +148,32 @@ def test_a_redis_that_does_not_answer_is_a_connection_error_everywhere(silent_re
     ):
         with pytest.raises(BrokerConnectionError):
             call()
+
+
+def test_an_enqueue_waits_for_replicas_and_says_so_when_too_few_confirm(redis_server):
+    master = redis_server("--repl-diskless-sync-delay", "0")
+    replica = redis_server("--replicaof", "127.0.0.1", str(master.port))
+    wait_for(lambda: replica.client().info("replication").get("master_link_status") == "up", timeout=20)
+    broker = RedisStreamsBroker(
+        client=master.client(), namespace="t", min_replicas_ack=1, replicas_ack_timeout_ms=2000
+    )
+
+    @dramatiq.actor(broker=broker, queue_name="q")
+    def work(i: int) -> None: ...
+
+    sent = work.send_with_options(args=(1,), partition_key="k", idempotency_key="k-1")
+    stream = broker.keys("q", sent.options["partition"]).stream
+    assert replica.client().xlen(stream) == 1  # the replica holds it: WAIT said so
+
+    replica.stop()
+    with pytest.raises(NotReplicated):
+        work.send_with_options(args=(2,), partition_key="k", idempotency_key="k-2")
+    # Once a replica is back, the retry with the same key (as a client retries after a 503)
+    # is answered with the first message, now replicated, and adds nothing.
+    replica.start()
+    wait_for(lambda: replica.client().info("replication").get("master_link_status") == "up", timeout=20)
+    [repeat] = broker.enqueue_many(
+        [work.message_with_options(args=(2,), partition_key="k", idempotency_key="k-2")]
+    )
+    assert repeat.options["idempotent_hit"] is True
+    assert master.client().xlen(stream) == replica.client().xlen(stream) == 2
