@@ -14,10 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dramatiq import get_encoder
 from dramatiq.message import Message
 
 from brokers import metrics
-from brokers.keys import partition_for, where_field
+from brokers.keys import partition_for, uuid_hex, where_field
 from brokers.records import text
 from brokers.store import StreamStore
 
@@ -105,7 +106,7 @@ class Enqueuer:
                 ]
             )
             args += [
-                message.encode(),
+                _encode(message),
                 remember,
                 tail,
                 "1" if sequence_key else "0",
@@ -160,7 +161,7 @@ class Enqueuer:
             options["stream_id"] = text(reply[1])
         if reply[2]:
             options["seq"] = int(reply[2])
-        metrics.STREAM_ENQUEUE.labels(str(partition), str(options.get("priority", "normal"))).inc()
+        metrics.enqueued(partition, str(options.get("priority", "normal")))
         return message
 
 
@@ -169,15 +170,12 @@ def _compact_id(message_id: str, timestamp: int) -> tuple[str, bool]:
     every byte counts): a canonical UUID as its 32 hex digits after "u", or after "v" for a
     UUIDv7 whose time is the message's timestamp (then the record leaves the timestamp
     out: True); any other id as is."""
-    try:
-        value = uuid.UUID(message_id)
-    except ValueError:
+    digits = uuid_hex(message_id)
+    if digits is None:
         return message_id, False
-    if str(value) != message_id:
-        return message_id, False
-    if value.version == 7 and int.from_bytes(value.bytes[:6]) == timestamp:
-        return f"v{value.hex}", True
-    return f"u{value.hex}", False
+    if digits[12] == "7" and int(digits[:12], 16) == timestamp:
+        return f"v{digits}", True
+    return f"u{digits}", False
 
 
 def _expand_id(compact: str) -> tuple[str, int]:
@@ -186,3 +184,18 @@ def _expand_id(compact: str) -> tuple[str, int]:
         value = uuid.UUID(hex=compact[1:])
         return str(value), int.from_bytes(value.bytes[:6]) if compact[0] == "v" else 0
     return compact, 0
+
+
+def _encode(message: Message[Any]) -> bytes:
+    """``message.encode()``, without its per-call look-up of the dataclass's fields."""
+    return get_encoder().encode(
+        {
+            "queue_name": message.queue_name,
+            "actor_name": message.actor_name,
+            "args": message.args,
+            "kwargs": message.kwargs,
+            "options": message.options,
+            "message_id": message.message_id,
+            "message_timestamp": message.message_timestamp,
+        }
+    )

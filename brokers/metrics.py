@@ -101,6 +101,17 @@ def partition_metrics(partition: int) -> PartitionMetrics:
     return found
 
 
+_enqueued: dict[tuple[int, str], Any] = {}
+
+
+def enqueued(partition: int, priority: str) -> None:
+    """Count one message added to a partition (series looked up once)."""
+    series = _enqueued.get((partition, priority))
+    if series is None:
+        series = _enqueued[(partition, priority)] = STREAM_ENQUEUE.labels(str(partition), priority)
+    series.inc()
+
+
 def dead_lettered(partition: int, reason: str) -> None:
     """Count one dead letter in every metric that counts them."""
     label = str(partition)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from uuid_utils.compat import uuid7
+from uuid_utils import uuid7
 
 #: Largest partition number an id can carry (12 bits).
 MAX_PARTITION = 0xFFF
@@ -22,10 +22,10 @@ def new_message_id(partition: int) -> str:
     """A fresh UUIDv7 carrying ``partition``."""
     if not 0 <= partition <= MAX_PARTITION:
         raise ValueError(f"partition {partition} does not fit in a message id")
-    raw = bytearray(uuid7().bytes)
-    raw[6] = 0x70 | (partition >> 8)
-    raw[7] = partition & 0xFF
-    return str(UUID(bytes=bytes(raw)))
+    digits = uuid7().hex
+    # rand_a (digits 13-15, after the version digit 7) holds the partition
+    digits = f"{digits[:12]}7{partition:03x}{digits[16:]}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def partition_of_message_id(message_id: str | UUID) -> int | None:
@@ -39,4 +39,4 @@ def partition_of_message_id(message_id: str | UUID) -> int | None:
 
 def message_id_time_ms(message_id: str) -> int:
     """The creation time a UUIDv7 carries, in Unix milliseconds."""
-    return int.from_bytes(UUID(message_id).bytes[:6])
+    return int(message_id[:8] + message_id[9:13], 16)

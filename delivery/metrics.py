@@ -26,3 +26,16 @@ PERSISTENCE_DURATION = Histogram(
     ["status"],
     buckets=DURATION_BUCKETS_MS,
 )
+
+
+#: The ingress histogram's series by status, looked up once (``labels()`` costs on every
+#: message otherwise).
+_INGRESS_BY_STATUS: dict[str, object] = {}
+
+
+def observe_ingress(status: str, elapsed_ms: float) -> None:
+    """Record one acknowledged (or refused) message's ingress time."""
+    series = _INGRESS_BY_STATUS.get(status)
+    if series is None:
+        series = _INGRESS_BY_STATUS[status] = INGRESS_DURATION.labels(status)
+    series.observe(elapsed_ms)  # type: ignore[attr-defined]

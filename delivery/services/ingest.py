@@ -73,7 +73,7 @@ def message_ingest(
         status = error.code
         raise
     finally:
-        metrics.INGRESS_DURATION.labels(status).observe((time.perf_counter() - started) * 1000)
+        metrics.observe_ingress(status, (time.perf_counter() - started) * 1000)
 
 
 @dataclass(frozen=True, slots=True)

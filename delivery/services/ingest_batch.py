@@ -70,7 +70,7 @@ def messages_ingest(*, sender: User, items: list[IngressItem], correlation_id: s
     for outcome in outcomes:
         assert outcome is not None
         status = outcome.code if isinstance(outcome, ApplicationError) else _status(outcome)
-        metrics.INGRESS_DURATION.labels(status).observe(elapsed_ms)
+        metrics.observe_ingress(status, elapsed_ms)
         done.append(outcome)
     return done
 
