@@ -26,6 +26,11 @@ DEFAULT_FETCH_COUNT = 25
 #: are in flight (or on a Redis Cluster, where one blocking wait cannot cover them all).
 DEFAULT_IDLE_POLL_MAX_MS = 20
 
+#: Longest pause, in milliseconds, between two polls of idle partitions when nothing is in
+#: flight and no blocking wait can cover them (a Redis Cluster): what an idle worker costs
+#: against how soon it sees a new message.
+DEFAULT_IDLE_POLL_UNBLOCKED_MS = 100
+
 #: Longest blocking wait, in milliseconds, before delayed messages are checked for.
 DEFAULT_DELAY_CHECK_MS = 250
 
@@ -152,7 +157,10 @@ class PartitionReader:
         elif got:
             p.read_gap = FIRST_POLL_GAP_S
         else:
-            p.read_gap = min(max(p.read_gap * 2, 0.001), self.settings.idle_poll_max_ms / 1000)
+            longest = self.settings.idle_poll_max_ms
+            if not self.settings.can_block and self.state.in_flight == 0:
+                longest = max(longest, DEFAULT_IDLE_POLL_UNBLOCKED_MS)
+            p.read_gap = min(max(p.read_gap * 2, 0.001), longest / 1000)
         p.next_read_at = now + p.read_gap
         if p.room() == 0:
             metrics.LOOKAHEAD_FULL.labels(str(p.partition)).inc()
