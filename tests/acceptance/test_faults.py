@@ -18,8 +18,9 @@ from delivery.broker import get_broker
 from delivery.models import DeadLetter, Message
 from tests.acceptance import harness
 from tests.acceptance.conftest import CONVERSATIONS, PER_CONVERSATION
-from tests.acceptance.harness import LoadGenerator, TcpProxy
+from tests.acceptance.harness import LoadGenerator
 from tests.conftest import RedisServer, wait_for
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.acceptance
 
@@ -111,7 +112,7 @@ def test_database_outage_pauses_persistence_and_dead_letters_nothing(stack, serv
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - cut_at)))
         # Nothing was persisted meanwhile but the batches whose commit was under way.
         assert _persisted() <= during + 16 * 10
-        proxy.restore()
+        proxy.heal()
         harness.wait_until_persisted(len(gen.acks))
         harness.assert_every_ack_persisted_once_in_order(gen.acks)
         _no_dead_letters()
