@@ -79,6 +79,8 @@ def project_env(*, database_url: str, redis_url: str, **extra: str) -> dict[str,
         "LOG_JSON": "1",
         "LOG_LEVEL": "INFO",
         "METRICS_PORT": str(free_port()),
+        # Load tests post as one user far past the default per-user rate.
+        "API_THROTTLE_USER_RATE": "none",
         **extra,
     }
 
