@@ -12,6 +12,7 @@ it is the proxy's, so the per-username count is the one that holds there.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,11 @@ def _rate() -> tuple[int, int] | None:
         return None
     count, _, period = rate.partition("/")
     return int(count), _PERIODS[period[0]]
+
+
+@functools.cache
+def _login_path() -> str:
+    return reverse("admin:login")
 
 
 def _keys(request: HttpRequest, username: str, window_s: int) -> list[str]:
@@ -68,8 +74,8 @@ class AdminLoginThrottle:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        rate = _rate()
-        if rate is not None and request.method == "POST" and request.path == reverse("admin:login"):
+        rate = _rate() if request.method == "POST" and request.path == _login_path() else None
+        if rate is not None:
             allowed, window_s = rate
             keys = _keys(request, str(request.POST.get("username", "")), window_s)
             if any((cache.get(key) or 0) >= allowed for key in keys):
