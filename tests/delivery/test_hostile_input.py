@@ -4,6 +4,7 @@ none of them leaves new metric series behind."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
@@ -13,6 +14,7 @@ from prometheus_client import REGISTRY
 from rest_framework.test import APIClient
 
 from delivery import selectors
+from delivery.api import urls as api_urls
 
 #: Deeper than Python's JSON decoder can recurse.
 VERY_DEEP = 100_000
@@ -25,11 +27,11 @@ def _nested(depth: int) -> str:
     return '{"content": ' + "[" * depth + "]" * depth + "}"
 
 
-def _json_endpoints(conversation_id: str, message_id: str) -> list[str]:
+def _v1_paths() -> list[str]:
+    """Every v1 route, its path parameters filled in (routes added later are covered too)."""
     return [
-        "/api/v1/conversations",
-        "/api/v1/messages",
-        f"/api/v1/messages/{message_id}/receipts",
+        "/api/v1/" + re.sub(r"<[^>]+>", str(uuid.uuid4()), str(pattern.pattern))
+        for pattern in api_urls.urlpatterns
     ]
 
 
@@ -43,16 +45,16 @@ def _assert_json_error(response: Any, status: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize("depth", [VERY_DEEP, DEEP])
 def test_deeply_nested_json_is_a_400_on_every_json_endpoint(api, conversation, depth):
-    for path in _json_endpoints(str(conversation.pk), str(uuid.uuid4())):
+    parsed = 0
+    for path in _v1_paths():
         response = api.post(path, _nested(depth), content_type="application/json")
         assert 400 <= response.status_code < 500, (path, response.status_code)
         assert response["Content-Type"].startswith("application/json")
-        if depth == VERY_DEEP:
-            assert _json_error_code(response) == "parse_error", path
-
-
-def _json_error_code(response: Any) -> str:
-    return str(response.json()["code"])
+        if response.status_code != 405:  # a route that takes a POST body
+            parsed += 1
+            if depth == VERY_DEEP:
+                assert response.json()["code"] == "parse_error", path
+    assert parsed >= 3
 
 
 def test_a_body_over_the_upload_limit_is_a_413_json_before_it_is_read(api, conversation):
