@@ -28,7 +28,9 @@ unit: install
 ## Static checks.
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
+	$(VENV)/bin/bandit -q -c pyproject.toml -r brokers delivery messaging_project manage.py
 
 ## Benchmarks (figures printed; see docs/benchmarks.md).
 bench: install

@@ -116,7 +116,8 @@ class ScriptRunner:
         script, keys, args = call
         try:
             return script(keys=keys, args=args)
-        except redis.ResponseError as error:
+        except (redis.ResponseError, *UNREACHABLE) as error:
+            # One node down (a cluster failing over) fails its own calls, not the others'.
             return error
 
     def run_enqueues(self, calls: list[Call]) -> list[Any]:

@@ -324,7 +324,9 @@ class StreamStore:
 
     @_translated
     def acquire(self, queue_name: str, partitions: list[int], ttl_ms: int) -> list[bool]:
-        """Acquire or renew the leases of ``partitions``; True where held."""
+        """Acquire or renew the leases of ``partitions``; True where held. A lease whose
+        node does not answer (a cluster node failing over) counts as not held; only when no
+        node answers does it raise."""
         calls: list[Call] = [
             (
                 self._scripts["lease"],
@@ -334,8 +336,9 @@ class StreamStore:
             for p in partitions
         ]
         replies = self.runner.run(calls)
-        raise_first(replies)
-        return [bool(r) for r in replies]
+        if replies and all(isinstance(r, Exception) for r in replies):
+            raise_first(replies)
+        return [bool(r) and not isinstance(r, Exception) for r in replies]
 
     @_translated
     def release(self, queue_name: str, unstarted: Mapping[int, list[StreamEntry]]) -> None:

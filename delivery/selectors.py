@@ -113,13 +113,26 @@ def message_content(message: Message) -> str:
     return message.content
 
 
+#: A message's state, by the status of its latest dead letter (requeued: back in the queue).
+_STATE_OF_DEAD_LETTER = {
+    DeadLetterStatus.DEAD: "dead_lettered",
+    DeadLetterStatus.DISCARDED: "discarded",
+    DeadLetterStatus.REQUEUED: "pending",
+}
+
+
+def _latest_dead_letter(message_id: str) -> DeadLetter | None:
+    """The message's latest dead letter (it may have been dead-lettered, requeued and
+    dead-lettered again), if any."""
+    return DeadLetter.objects.filter(message_id=message_id).order_by("-dead_lettered_at", "-pk").first()
+
+
 def message_state(message_id: str) -> str:
-    """``persisted``, ``dead_lettered`` or ``pending``."""
+    """``persisted``, ``dead_lettered``, ``discarded`` or ``pending``."""
     if Message.objects.filter(pk=message_id).exists():
         return "persisted"
-    if DeadLetter.objects.filter(message_id=message_id, status=DeadLetterStatus.DEAD).exists():
-        return "dead_lettered"
-    return "pending"
+    dead = _latest_dead_letter(message_id)
+    return _STATE_OF_DEAD_LETTER[DeadLetterStatus(dead.status)] if dead is not None else "pending"
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +198,7 @@ def _receipts_of(message: Message) -> list[Receipt]:
 
 
 def message_detail(*, user: User, message_id: UUID) -> MessageDetail:
-    """One message for ``user``: persisted, dead-lettered or still pending."""
+    """One message for ``user``: persisted, dead-lettered, discarded or still pending."""
     message = Message.objects.select_related("sender").filter(pk=message_id).first()
     if message is not None:
         if not _is_participant(user, str(message.conversation_id)):
@@ -204,8 +217,11 @@ def message_detail(*, user: User, message_id: UUID) -> MessageDetail:
             persisted_at=message.persisted_at,
             receipts=receipts,
         )
-    dead = DeadLetter.objects.filter(message_id=str(message_id), status=DeadLetterStatus.DEAD).first()
-    envelope = dead.envelope if dead is not None else pending_message(str(message_id))
+    dead = _latest_dead_letter(str(message_id))
+    state = _STATE_OF_DEAD_LETTER[DeadLetterStatus(dead.status)] if dead is not None else "pending"
+    envelope = dead.envelope if dead is not None and state != "pending" else None
+    if envelope is None:  # pending, or requeued: in the queue again
+        envelope = pending_message(str(message_id)) or (dead.envelope if dead is not None else None)
     if not envelope or not _is_participant(user, str(envelope.get("conversation_id"))):
         raise NotFound("message not found")
     seq = dead.seq if dead is not None and dead.seq is not None else envelope.get("seq", 0)
@@ -215,10 +231,28 @@ def message_detail(*, user: User, message_id: UUID) -> MessageDetail:
         seq=int(seq or 0),
         sender=_username(int(envelope["sender_id"])),
         content=_envelope_content(envelope),
-        state="dead_lettered" if dead is not None else "pending",
+        state=state,
         created_at=datetime.fromtimestamp(int(envelope["created_at"]) / 1000, UTC),
         persisted_at=None,
     )
+
+
+def message_page_contents(messages: list[Message], *, max_bytes: int) -> list[tuple[Message, str]]:
+    """The leading ``messages`` whose contents add up to at most ``max_bytes`` (UTF-8), and
+    those contents; always at least the first one. An offloaded payload's size is asked
+    of its storage before it is read, so a page never reads far past its budget."""
+    page: list[tuple[Message, str]] = []
+    total = 0
+    for message in messages:
+        if message.payload_key:
+            size = storages["payloads"].size(message.payload_key)
+        else:
+            size = len(message.content.encode())
+        if page and total + size > max_bytes:
+            break
+        page.append((message, message_content(message)))
+        total += size
+    return page
 
 
 def conversation_messages(*, user: User, conversation_id: UUID, after_seq: int, limit: int) -> list[Message]:

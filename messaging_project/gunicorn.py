@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,13 @@ logconfig_dict = {
 
 
 def on_starting(server: Any) -> None:
+    from messaging_project.config import ConfigError, load_config
+
+    try:  # a bad environment stops the server here, in one line, not in every worker's traceback
+        load_config()
+    except ConfigError as error:
+        server.log.error("Bad configuration: %s", error)
+        sys.exit(1)
     for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
         stale.unlink()
 
@@ -46,6 +54,10 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
+    from messaging_project.postgresql.base import bound_answers
+
+    # Requests are answered within seconds even when the database is not (a partition).
+    bound_answers()
     # The loaded application's objects live as long as the worker: moving them out of the
     # collector's generations keeps full collections (latency spikes) short.
     gc.freeze()

@@ -7,18 +7,28 @@ import sys
 from typing import Any
 
 import dj_database_url
-from django.core.exceptions import ImproperlyConfigured
 
-from messaging_project.config import VAR_DIR, ConfigError, load_config
+from messaging_project.config import VAR_DIR, WORKER_TIMEOUT_MS, BadConfiguration, ConfigError, load_config
 
 try:
     CONFIG = load_config()
 except ConfigError as error:  # stop start-up with a message that names the variable
-    raise ImproperlyConfigured(f"Bad configuration: {error}") from None
+    raise BadConfiguration(f"Bad configuration: {error}") from None
 
 DEBUG = CONFIG.debug
 SECRET_KEY = CONFIG.secret_key
 ALLOWED_HOSTS = list(CONFIG.allowed_hosts)
+CSRF_TRUSTED_ORIGINS = list(CONFIG.csrf_trusted_origins)
+
+# HTTPS, for a deployment behind TLS (the quick start serves plain HTTP on loopback).
+SECURE_SSL_REDIRECT = CONFIG.secure_ssl_redirect
+# Probes and scrapers speak plain HTTP to the process itself.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = CONFIG.secure_cookies
+SECURE_HSTS_SECONDS = CONFIG.secure_hsts_seconds
+SECURE_HSTS_INCLUDE_SUBDOMAINS = CONFIG.secure_hsts_include_subdomains
+SECURE_HSTS_PRELOAD = CONFIG.secure_hsts_preload
+SECURE_PROXY_SSL_HEADER = CONFIG.secure_proxy_ssl_header
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -38,12 +48,15 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "delivery.api.middleware.KnownMethodsOnly",
+    "delivery.api.middleware.JsonErrors",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "delivery.login_throttle.AdminLoginThrottle",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "delivery.middleware.CorrelationIdMiddleware",
@@ -70,6 +83,15 @@ TEMPLATES = [
 ]
 
 
+#: TCP keepalive of database connections: first probe after this many idle seconds, then
+#: one a second; three unanswered probes drop the connection.
+DATABASE_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 1, "keepalives_count": 3}
+
+#: ``tcp_user_timeout``: a connection whose sent data goes unacknowledged this long is
+#: dropped, in milliseconds (the API server and the workers use their answer deadline).
+DEFAULT_TCP_USER_TIMEOUT_MS = 10_000
+
+
 def _database() -> dict[str, Any]:
     db: dict[str, Any] = dict(dj_database_url.parse(CONFIG.database_url, conn_max_age=60))
     if db["ENGINE"] == "django.db.backends.sqlite3":
@@ -86,7 +108,14 @@ def _database() -> dict[str, Any]:
         # No health check (a "SELECT 1" round trip before every request's first query):
         # ingress reconnects once on a broken connection, other views answer 503 once.
         db["CONN_HEALTH_CHECKS"] = False
-        db.setdefault("OPTIONS", {})["connect_timeout"] = 5
+        # Django's backend, able to bound every answer: the API server and the workers turn
+        # that on (messaging_project.postgresql.bound_answers); commands such as migrate wait.
+        db["ENGINE"] = "messaging_project.postgresql"
+        db.setdefault("OPTIONS", {}).update(
+            connect_timeout=CONFIG.database_connect_timeout_s,
+            tcp_user_timeout=DEFAULT_TCP_USER_TIMEOUT_MS,
+            **DATABASE_KEEPALIVES,
+        )
     return db
 
 
@@ -129,13 +158,15 @@ REST_FRAMEWORK: dict[str, Any] = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "delivery.api.errors.exception_handler",
-    "DEFAULT_THROTTLE_CLASSES": (
-        ["rest_framework.throttling.UserRateThrottle"] if CONFIG.throttle_user_rate else []
-    ),
-    "DEFAULT_THROTTLE_RATES": {"user": CONFIG.throttle_user_rate},
+    # Counted per API process (Django's default, in-memory cache).
+    "DEFAULT_THROTTLE_CLASSES": [
+        *(["rest_framework.throttling.UserRateThrottle"] if CONFIG.throttle_user_rate else []),
+        *(["rest_framework.throttling.AnonRateThrottle"] if CONFIG.throttle_anon_rate else []),
+    ],
+    "DEFAULT_THROTTLE_RATES": {"user": CONFIG.throttle_user_rate, "anon": CONFIG.throttle_anon_rate},
+    "DEFAULT_PARSER_CLASSES": ["delivery.api.parsers.JSONParser"],
 }
 if DEBUG:
     REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")
@@ -148,7 +179,14 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Delivery backbone -------------------------------------------------------------------
+#: The server's statement timeout in the API server and the workers (0: none); their
+#: clients give up on an answer a second later (messaging_project.postgresql).
+DATABASE_STATEMENT_TIMEOUT_MS = CONFIG.database_statement_timeout_ms
 REDIS_URL = CONFIG.redis_url
+REDIS_SOCKET_TIMEOUT_MS = CONFIG.redis_socket_timeout_ms
+REDIS_CONNECT_TIMEOUT_MS = CONFIG.redis_connect_timeout_ms
+#: Dramatiq's worker timeout (``runworkers``): REDIS_SOCKET_TIMEOUT_MS is validated against it.
+WORKER_TIMEOUT_MS = WORKER_TIMEOUT_MS
 STREAM_NAMESPACE = CONFIG.stream_namespace
 STREAM_PARTITIONS = CONFIG.stream_partitions
 STREAM_MAX_RETRIES = CONFIG.stream_max_retries
@@ -156,6 +194,13 @@ STREAM_POLL_INTERVAL_MS = CONFIG.stream_poll_interval_ms
 STREAM_BATCH_SIZE = CONFIG.stream_batch_size
 ENABLE_STREAM_CONSUMERS = CONFIG.enable_stream_consumers
 METRICS_PORT = CONFIG.metrics_port
+METRICS_BIND_ADDRESS = CONFIG.metrics_bind_address
+#: Who may read the API's ``/metrics`` (client addresses; see delivery/api/metrics.py).
+METRICS_ALLOWED_NETWORKS = CONFIG.metrics_allowed_networks
+#: Failed admin logins allowed per client address and per username (delivery/login_throttle.py).
+ADMIN_LOGIN_FAILURE_RATE = CONFIG.admin_login_failure_rate
+#: Content bytes one page of a conversation's messages holds, about (at least one message).
+MESSAGE_PAGE_MAX_BYTES = CONFIG.message_page_max_bytes
 ENABLE_PROMETHEUS_METRICS = CONFIG.enable_prometheus_metrics
 IDEMPOTENCY_WINDOW_MS = CONFIG.idempotency_window_ms
 #: How long Redis still answers a client key after its message was persisted (the database

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.db import InterfaceError, OperationalError, connection
 from django.http import Http404
 from rest_framework import exceptions, status
@@ -33,6 +33,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         )
         answer["Retry-After"] = str(ServiceUnavailable.retry_after_s)
         return answer
+    if isinstance(exc, RequestDataTooBig):
+        return Response(
+            {"detail": "the request body is too large", "code": "payload_too_large"},
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
     if isinstance(exc, Http404):
         return Response({"detail": "not found", "code": "not_found"}, status=status.HTTP_404_NOT_FOUND)
     if isinstance(exc, PermissionDenied):

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers, status
@@ -243,7 +244,10 @@ class MessageDetailApi(APIView):
 
 
 class ConversationMessagesApi(APIView):
-    """Persisted messages of a conversation in ``seq`` order, paged by a ``seq`` cursor."""
+    """Persisted messages of a conversation in ``seq`` order, paged by a ``seq`` cursor.
+
+    A page holds at most ``limit`` messages and about ``MESSAGE_PAGE_MAX_BYTES`` of content
+    (at least one message): a page can be short and still have a ``next``."""
 
     class FilterSerializer(serializers.Serializer):
         after_seq = serializers.IntegerField(required=False, default=0, min_value=0)
@@ -264,7 +268,7 @@ class ConversationMessagesApi(APIView):
             return str(message.sender.get_username())
 
         def get_content(self, message: Any) -> str:
-            return selectors.message_content(message)
+            return str(self.context["contents"][message.pk])
 
         def get_state(self, message: Any) -> str:
             return "persisted"
@@ -290,13 +294,18 @@ class ConversationMessagesApi(APIView):
             after_seq=filters.validated_data["after_seq"],
             limit=limit,
         )
-        next_after = messages[-1].seq if len(messages) == limit else None
+        page = selectors.message_page_contents(messages, max_bytes=settings.MESSAGE_PAGE_MAX_BYTES)
+        more = len(page) < len(messages) or len(messages) == limit
+        next_after = page[-1][0].seq if page and more else None
         next_url = None
         if next_after is not None:
             next_url = request.build_absolute_uri(f"{request.path}?after_seq={next_after}&limit={limit}")
+        contents = {message.pk: content for message, content in page}
         return Response(
             {
-                "results": self.MessageSerializer(messages, many=True).data,
+                "results": self.MessageSerializer(
+                    [message for message, _ in page], many=True, context={"contents": contents}
+                ).data,
                 "next_after_seq": next_after,
                 "next": next_url,
             }

@@ -25,6 +25,7 @@ from delivery.idempotency import IngressKey, digest, fingerprint
 from delivery.message_ids import message_id_time_ms, new_message_id
 from delivery.models import Conversation, Message, Priority
 from delivery.selectors import message_content, message_state
+from messaging_project.postgresql.base import DatabaseUnanswered
 
 logger = logging.getLogger(__name__)
 
@@ -242,10 +243,11 @@ def _check_sender(conversation_id: str, sender: User, key: str | None) -> Any:
     params = [sql.prep(Conversation, "id", UUID(conversation_id)), sender.pk, key]
     try:
         is_participant, existing_id = _sender_check_row(params)
-    except (OperationalError, InterfaceError):
+    except (OperationalError, InterfaceError) as error:
         # A persistent connection broken since the last request (the database restarted):
-        # reconnect once instead of pinging the database before every request.
-        if connection.in_atomic_block:
+        # reconnect once instead of pinging the database before every request. Not after
+        # a database that did not answer at all: a second wait would double the answer time.
+        if connection.in_atomic_block or isinstance(error.__cause__, DatabaseUnanswered):
             raise
         connection.close()
         is_participant, existing_id = _sender_check_row(params)

@@ -1,15 +1,12 @@
 """The acceptance tier's tools: the real API server and ``runworkers`` as subprocesses, a
-load generator that retries like a careful client, a TCP proxy to cut the database, and
-the end-of-test checks read from the database."""
+load generator that retries like a careful client, a TCP proxy to cut or black-hole a
+service (``tests.tcp_proxy``), and the end-of-test checks read from the database."""
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import selectors
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -82,6 +79,8 @@ def project_env(*, database_url: str, redis_url: str, **extra: str) -> dict[str,
         "LOG_JSON": "1",
         "LOG_LEVEL": "INFO",
         "METRICS_PORT": str(free_port()),
+        # Load tests post as one user far past the default per-user rate.
+        "API_THROTTLE_USER_RATE": "none",
         **extra,
     }
 
@@ -182,78 +181,6 @@ class LoadGenerator:
 
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(one_conversation, by_conversation.items()))
-
-
-class TcpProxy:
-    """A loopback TCP proxy that a test can cut (refuse and drop connections) and restore."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self._cut = threading.Event()
-        self._stop = threading.Event()
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        self._listener.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if self._cut.is_set():
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._conns += [client, upstream]
-            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
-
-    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(a, selectors.EVENT_READ, b)
-        sel.register(b, selectors.EVENT_READ, a)
-        try:
-            while not self._stop.is_set() and not self._cut.is_set():
-                for key, _ in sel.select(timeout=0.2):
-                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
-                    if not data:
-                        return
-                    key.data.sendall(data)
-        except OSError:
-            return
-        finally:
-            sel.close()
-            a.close()
-            b.close()
-
-    def cut(self) -> None:
-        """Drop every connection and refuse new ones, as a database outage would."""
-        self._cut.set()
-        with self._lock:
-            for s in self._conns:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            self._conns.clear()
-
-    def restore(self) -> None:
-        self._cut.clear()
-
-    def close(self) -> None:
-        self._stop.set()
-        self.cut()
-        self._listener.close()
 
 
 def persisted_rows() -> list[tuple[str, str, int, Any]]:

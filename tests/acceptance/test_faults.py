@@ -3,11 +3,15 @@ message persisted exactly once, in ``seq`` order, nothing dead-lettered unless i
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import random
 import signal
 import threading
 import time
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from django.contrib.auth.models import Permission, User
@@ -18,8 +22,9 @@ from delivery.broker import get_broker
 from delivery.models import DeadLetter, Message
 from tests.acceptance import harness
 from tests.acceptance.conftest import CONVERSATIONS, PER_CONVERSATION
-from tests.acceptance.harness import LoadGenerator, TcpProxy
+from tests.acceptance.harness import LoadGenerator
 from tests.conftest import RedisServer, wait_for
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.acceptance
 
@@ -111,7 +116,7 @@ def test_database_outage_pauses_persistence_and_dead_letters_nothing(stack, serv
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - cut_at)))
         # Nothing was persisted meanwhile but the batches whose commit was under way.
         assert _persisted() <= during + 16 * 10
-        proxy.restore()
+        proxy.heal()
         harness.wait_until_persisted(len(gen.acks))
         harness.assert_every_ack_persisted_once_in_order(gen.acks)
         _no_dead_letters()
@@ -180,3 +185,94 @@ def test_poison_messages_are_dead_lettered_their_conversations_go_on_and_requeue
         assert message.seq == 11 and message.content.endswith("POISON")
     assert set(DeadLetter.objects.values_list("status", flat=True)) == {"requeued"}
     assert set(DeadLetter.objects.values_list("status_changed_by__username", flat=True)) == {"ops"}
+
+
+#: What "answered fast" means during an outage (SPEC §2: within 5 s), in seconds.
+ANSWER_WITHIN_S = 5.0
+
+#: How long a black hole lasts in the partition tests, in seconds: longer than a lease
+#: (3 s), so partitions change hands when it heals.
+PARTITION_S = 8
+
+
+def _timed(port: int, method: str, path: str, token: str, body: dict | None = None) -> tuple[int, Any, float]:
+    """One request on a fresh connection: (status, headers and JSON body, seconds taken)."""
+    started = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
+        conn.request(method, path, json.dumps(body) if body is not None else None, headers)
+        response = conn.getresponse()
+        data = response.read()
+        answer = (dict(response.getheaders()), json.loads(data) if data else None)
+        return response.status, answer, time.monotonic() - started
+    finally:
+        conn.close()
+
+
+def _assert_unavailable_fast(port: int, stack, conversation_id: str) -> None:
+    """A POST and ``/readyz`` are answered 503 JSON (with ``Retry-After`` on the POST)
+    within :data:`ANSWER_WITHIN_S`."""
+    status, (headers, body), took = _timed(
+        port, "POST", "/api/v1/messages", stack.token, {"conversation_id": conversation_id, "content": "x"}
+    )
+    assert (status, took < ANSWER_WITHIN_S) == (503, True), (status, body, took)
+    assert body["code"] == "service_unavailable" and int(headers["Retry-After"]) >= 1
+    status, (_, body), took = _timed(port, "GET", "/readyz", stack.token)
+    assert (status, took < ANSWER_WITHIN_S) == (503, True), (status, body, took)
+    assert body["status"] == "unavailable" and "unavailable" in body["checks"].values()
+    assert not any(hint in json.dumps(body) for hint in ("127.0.0.1", "port", "postgres", "redis://"))
+
+
+def test_redis_black_hole_is_answered_fast_and_workers_resume_after_it(stack, services):
+    proxy = TcpProxy(int(urlsplit(stack.redis_url).port or 6379))
+    try:
+        db = urlsplit(stack.redis_url).path
+        env = stack.env(REDIS_URL=f"redis://127.0.0.1:{proxy.port}{db}")
+        api, port = harness.api_server(env, stack.log_dir)
+        workers = harness.workers(env, stack.log_dir, processes=2)
+        services += [api, workers]
+        gen = LoadGenerator(port, stack.token)
+        load = _run_load(gen, stack.plan())
+
+        wait_for(lambda: _persisted() >= 300, timeout=120, what="progress before the partition")
+        proxy.black_hole()
+        holed_at = time.monotonic()
+        _assert_unavailable_fast(port, stack, stack.conversations[0])
+        time.sleep(max(0.0, PARTITION_S - (time.monotonic() - holed_at)))  # the fault's length
+        proxy.heal()
+        load.join(timeout=300)
+        assert len(gen.acks) == CONVERSATIONS * PER_CONVERSATION
+        harness.wait_until_persisted(len(gen.acks))
+        harness.assert_every_ack_persisted_once_in_order(gen.acks)
+        _no_dead_letters()
+    finally:
+        proxy.close()
+
+
+def test_database_black_hole_is_answered_fast_and_workers_resume_after_it(stack, services):
+    db = connection.settings_dict
+    proxy = TcpProxy(int(db["PORT"]))
+    try:
+        env = stack.env(DATABASE_URL=f"postgres://{db['USER']}@127.0.0.1:{proxy.port}/{db['NAME']}")
+        api, port = harness.api_server(env, stack.log_dir)
+        workers = harness.workers(env, stack.log_dir, processes=2)
+        services += [api, workers]
+        gen = LoadGenerator(port, stack.token)
+        load = _run_load(gen, stack.plan())
+
+        wait_for(lambda: _persisted() >= 300, timeout=120, what="progress before the partition")
+        proxy.black_hole()
+        holed_at = time.monotonic()
+        during = _persisted()
+        _assert_unavailable_fast(port, stack, stack.conversations[0])
+        time.sleep(max(0.0, PARTITION_S - (time.monotonic() - holed_at)))  # the fault's length
+        assert _persisted() <= during + 16 * 10  # only the batches whose commit was under way
+        proxy.heal()
+        load.join(timeout=300)
+        assert len(gen.acks) == CONVERSATIONS * PER_CONVERSATION
+        harness.wait_until_persisted(len(gen.acks))
+        harness.assert_every_ack_persisted_once_in_order(gen.acks)
+        _no_dead_letters()
+    finally:
+        proxy.close()

@@ -8,7 +8,7 @@ from django.contrib.auth.models import Permission
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from delivery import services
+from delivery import selectors, services
 from delivery.models import DeadLetter, Message
 from tests.delivery.conftest import XSS, make_user
 
@@ -101,3 +101,21 @@ def test_deadletters_command_lists_shows_requeues_and_discards(dead_letters, pro
     assert second.message_id in capsys.readouterr().out
     with pytest.raises(CommandError, match="--older-than"):
         call_command("deadletters", "list", "--older-than", "soon")
+
+
+def test_a_discarded_dead_letter_shows_its_message_as_discarded_and_a_requeued_one_as_pending(
+    dead_letters, api, project_broker, transactional_db
+):
+    gone, back = dead_letters("POISON one", "POISON two")
+    assert api.get(f"/api/v1/messages/{gone.message_id}").json()["state"] == "dead_lettered"
+
+    assert services.dead_letter_discard(dead_letter=gone, user=None)
+    assert services.dead_letter_requeue(dead_letter=back, user=None)
+
+    discarded = api.get(f"/api/v1/messages/{gone.message_id}")
+    assert discarded.status_code == 200
+    assert (discarded.json()["state"], discarded.json()["content"]) == ("discarded", "POISON one")
+    assert discarded.json()["seq"] == gone.seq
+    assert api.get(f"/api/v1/messages/{back.message_id}").json()["state"] == "pending"
+    # A repeat of the discarded message's POST says so too, rather than "pending".
+    assert selectors.message_state(gone.message_id) == "discarded"

@@ -246,6 +246,27 @@ def test_conversation_messages_page_by_seq_cursor(api, conversation, run_worker,
     assert api.get(url, {"after_seq": "x"}).status_code == 400
 
 
+def test_a_page_of_large_offloaded_messages_is_capped_in_bytes_and_the_cursor_goes_on(
+    api, conversation, run_worker, project_broker
+):
+    contents = [f"{i}" * 20_000 for i in range(3)] + ["small"]  # offloaded: over 8 KiB each
+    for content in contents:
+        send(api, conversation, content)
+    run_worker()
+    project_broker.join("messages", timeout=10_000)
+    assert Message.objects.exclude(payload_key="").count() == 3
+    url = f"/api/v1/conversations/{conversation.pk}/messages"
+
+    with override_settings(MESSAGE_PAGE_MAX_BYTES=50_000):
+        first = api.get(url, {"limit": 500}).json()
+        rest = api.get(first["next"]).json()
+    with override_settings(MESSAGE_PAGE_MAX_BYTES=1024):
+        one = api.get(url, {"limit": 500}).json()
+    assert [m["content"] for m in first["results"]] == contents[:2] and first["next_after_seq"] == 2
+    assert [m["content"] for m in rest["results"]] == contents[2:] and rest["next"] is None
+    assert [m["seq"] for m in one["results"]] == [1] and one["next_after_seq"] == 1  # always one
+
+
 def test_access_matrix_participant_outsider_staff_anonymous(
     api, conversation, run_worker, project_broker, transactional_db
 ):
@@ -292,17 +313,19 @@ def test_schema_docs_and_health_endpoints(api, project_broker, transactional_db)
     assert metrics.status_code == 200 and b"idempotency_ingress_duration_ms" in metrics.content
 
 
-def test_readyz_is_503_with_a_reason_when_redis_is_down(transactional_db, monkeypatch):
+def test_readyz_is_503_naming_the_service_but_not_its_address_when_redis_is_down(
+    transactional_db, monkeypatch
+):
     import redis
 
     from delivery.api import health
 
-    dead = RedisStreamsBroker(client=redis.Redis(port=1, socket_connect_timeout=0.5))
+    dead = RedisStreamsBroker(client=redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5))
     monkeypatch.setattr(health, "get_broker", lambda: dead)
     response = APIClient().get("/readyz")
     assert response.status_code == 503
-    assert response.json()["checks"]["redis"].startswith("unreachable")
-    assert response.json()["checks"]["database"] == "ok"
+    assert response.json() == {"status": "unavailable", "checks": {"redis": "unavailable", "database": "ok"}}
+    assert b"127.0.0.1" not in response.content and b":1" not in response.content
 
 
 def test_poison_message_is_dead_lettered_and_its_conversation_continues(

@@ -3,10 +3,12 @@
 The parent process waits for Redis and the database, starts ``--processes`` children
 (each one Dramatiq ``Worker`` with ``--threads`` threads), restarts a child that dies,
 mirrors dead letters into the database, and serves every child's metrics on
-``METRICS_PORT`` (prometheus_client multiprocess mode). SIGTERM or SIGINT: each child
+``METRICS_BIND_ADDRESS``:``METRICS_PORT`` (prometheus_client multiprocess mode; a port that
+is taken stops start-up with a one-line error). SIGTERM or SIGINT: each child
 finishes the message in hand, acks it, releases its partition leases and exits; the
-parent exits 0 once they are gone (children still busy after
-``--worker-shutdown-timeout`` are killed; their messages stay pending for the next owner).
+parent exits 0 once they are gone, within ``--worker-shutdown-timeout`` of the signal
+whatever happens (children still busy then, say waiting on an unreachable Redis, are
+killed; their messages stay pending for the next owner).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from django.db import connection
 from dramatiq.errors import BrokerConnectionError
 
 from messaging_project import launch
+from messaging_project.postgresql.base import bound_answers
 
 logger = logging.getLogger("delivery.runworkers")
 
@@ -40,11 +43,21 @@ DEFAULT_SHUTDOWN_TIMEOUT_MS = 600_000
 #: How often dead letters are mirrored into the database, in seconds.
 MIRROR_INTERVAL_S = 2.0
 
+#: Pause before restarting a child that died, the first time, in seconds.
+FIRST_RESTART_BACKOFF_S = 0.5
+
 #: Longest pause between restarts of a child that keeps dying, in seconds.
 MAX_RESTART_BACKOFF_S = 30.0
 
+#: A child that ran this long before dying was healthy: its next restart is quick again.
+HEALTHY_AFTER_S = 60.0
+
 #: Longest pause between two start-up checks of Redis and the database, in seconds.
 MAX_WAIT_BACKOFF_S = 10.0
+
+#: Part of ``--worker-shutdown-timeout`` a child keeps, after its messages in hand are
+#: done, to write acks and release leases before the parent's deadline, in milliseconds.
+SHUTDOWN_CLEANUP_MS = 1000
 
 
 class Command(BaseCommand):
@@ -70,6 +83,8 @@ class Command(BaseCommand):
         parser.add_argument("--child", type=int, default=None, help="(internal) run as worker process N")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # Workers pause, not hang, when the database stops answering (a partition).
+        bound_answers()
         if options["verbose"]:
             logging.getLogger().setLevel(logging.DEBUG)
             logging.getLogger("dramatiq").setLevel(logging.DEBUG)
@@ -108,24 +123,66 @@ def wait_for_services(stop: threading.Event) -> bool:
     return False
 
 
+class RestartBackoff:
+    """How long to wait before restarting a worker process that died.
+
+    A child that dies soon after it started (a crash on start, a poison the next run meets
+    again) waits twice as long each time, up to :data:`MAX_RESTART_BACKOFF_S`, so a crash
+    loop does not spin. A child that ran :data:`HEALTHY_AFTER_S` or longer before it died
+    starts over from :data:`FIRST_RESTART_BACKOFF_S`: one crash a day is not a crash loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        first_s: float = FIRST_RESTART_BACKOFF_S,
+        max_s: float = MAX_RESTART_BACKOFF_S,
+        healthy_after_s: float = HEALTHY_AFTER_S,
+    ) -> None:
+        self.first_s = first_s
+        self.max_s = max_s
+        self.healthy_after_s = healthy_after_s
+        self._next: dict[int, float] = {}
+
+    def delay_s(self, child_id: int, ran_s: float) -> float:
+        """The pause before restarting ``child_id``, which ran ``ran_s`` seconds and died."""
+        if ran_s >= self.healthy_after_s:
+            self._next.pop(child_id, None)
+        delay = self._next.get(child_id, self.first_s)
+        self._next[child_id] = min(delay * 2, self.max_s)
+        return delay
+
+
 class Supervisor:
     """Starts, restarts and stops the worker processes; serves their metrics."""
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = options
         self.stop = threading.Event()
+        #: When SIGTERM or SIGINT came (monotonic seconds): the shutdown deadline counts from it.
+        self.stop_requested_at: float | None = None
         self.children: dict[int, subprocess.Popen[bytes]] = {}
+        #: When each child was started (monotonic seconds).
+        self.started_at: dict[int, float] = {}
         self.restarts: dict[int, int] = {}
+        self.backoff = RestartBackoff()
         self.metrics_dir: Path | None = None
         self.restart_counter: Any = None
 
+    def request_stop(self, *_: Any) -> None:
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.monotonic()
+        self.stop.set()
+
     def run(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop.set())
-        if not wait_for_services(self.stop):
-            return
+            signal.signal(sig, self.request_stop)
+        # The metrics port first: a port that is taken stops start-up at once, in one line.
         if settings.ENABLE_PROMETHEUS_METRICS:
             self.serve_metrics()
+        if not wait_for_services(self.stop):
+            self.remove_metrics_dir()
+            return
         for child_id in range(self.options["processes"]):
             self.spawn(child_id)
         mirror = threading.Thread(target=self.mirror_dead_letters, name="dead-letter-mirror", daemon=True)
@@ -155,9 +212,9 @@ class Supervisor:
         if self.metrics_dir is not None:
             env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         self.children[child_id] = subprocess.Popen(argv, env=env)
+        self.started_at[child_id] = time.monotonic()
 
     def supervise(self) -> None:
-        backoff: dict[int, float] = {}
         while not self.stop.wait(0.5):
             for child_id, child in list(self.children.items()):
                 code = child.poll()
@@ -166,7 +223,7 @@ class Supervisor:
                 self.restarts[child_id] = self.restarts.get(child_id, 0) + 1
                 if self.restart_counter is not None:
                     self.restart_counter.inc()
-                delay = backoff.get(child_id, 0.5)
+                delay = self.backoff.delay_s(child_id, time.monotonic() - self.started_at[child_id])
                 logger.error(
                     "Worker process %d (pid %d) exited with code %s; restarting it in %.1fs (restart #%d).",
                     child_id,
@@ -181,7 +238,6 @@ class Supervisor:
                     multiprocess.mark_process_dead(child.pid, str(self.metrics_dir))
                 if self.stop.wait(delay):
                     return
-                backoff[child_id] = min(delay * 2, MAX_RESTART_BACKOFF_S)
                 self.spawn(child_id)
 
     def shutdown(self) -> None:
@@ -189,17 +245,21 @@ class Supervisor:
         for child in self.children.values():
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.options["worker_shutdown_timeout"] / 1000 + 10
+        started = self.stop_requested_at or time.monotonic()
+        deadline = started + self.options["worker_shutdown_timeout"] / 1000
         for child_id, child in self.children.items():
             try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+                child.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 logger.error("Worker process %d did not stop in time; killing it.", child_id)
                 child.kill()
                 child.wait()
+        self.remove_metrics_dir()
+        logger.info("Workers stopped.")
+
+    def remove_metrics_dir(self) -> None:
         if self.metrics_dir is not None:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
-        logger.info("Workers stopped.")
 
     def mirror_dead_letters(self) -> None:
         from delivery import services
@@ -232,10 +292,18 @@ class Supervisor:
         self.restart_counter = Counter(
             "stream_worker_restarts_total", "Worker processes restarted after dying.", registry=registry
         )
-        port = int(settings.METRICS_PORT)
+        port, address = int(settings.METRICS_PORT), settings.METRICS_BIND_ADDRESS
         if port:
-            start_http_server(port, addr="0.0.0.0", registry=registry)
-            logger.info("Worker metrics on :%d/metrics", port)
+            try:
+                start_http_server(port, addr=address, registry=registry)
+            except OSError as error:
+                self.remove_metrics_dir()
+                raise CommandError(
+                    f"Cannot serve worker metrics on {address} port {port} (METRICS_PORT, "
+                    f"METRICS_BIND_ADDRESS): {error.strerror or error}. Choose a free port, or "
+                    "METRICS_PORT=0 for no metrics endpoint."
+                ) from None
+            logger.info("Worker metrics on %s port %d (/metrics)", address, port)
 
 
 def run_child(options: dict[str, Any]) -> None:
@@ -250,12 +318,15 @@ def run_child(options: dict[str, Any]) -> None:
     broker = get_broker()
     broker.emit_after("process_boot")
     queues = set(options["queues"]) if options["queues"] else None
-    worker = Worker(broker, queues=queues, worker_threads=options["threads"])
+    worker = Worker(
+        broker, queues=queues, worker_threads=options["threads"], worker_timeout=settings.WORKER_TIMEOUT_MS
+    )
     worker.start()
     logger.info("Worker process %d (pid %d) is ready.", options["child"], os.getpid())
     stop.wait()
     logger.info("Worker process %d stopping: finishing messages in hand.", options["child"])
-    worker.stop(timeout=options["worker_shutdown_timeout"])
+    timeout_ms = options["worker_shutdown_timeout"]
+    worker.stop(timeout=max(timeout_ms // 2, timeout_ms - SHUTDOWN_CLEANUP_MS))
     broker.close()
     connection.close()
     logger.info("Worker process %d stopped.", options["child"])

@@ -118,7 +118,7 @@ class Command(BaseCommand):
     def ensure_demo_user(self, options: dict[str, Any]) -> None:
         if User.objects.exists():
             return
-        user = User.objects.create_superuser("demo", password="demo")
+        user = User.objects.create_superuser("demo", password="demo")  # nosec B106
         token, _ = Token.objects.get_or_create(user=user)
         self.stdout.write(
             "Created user 'demo' (password 'demo', admin at /admin/) with API token:\n"
