@@ -22,6 +22,8 @@ SMOKE = {
     "e2e": ["--messages", "100", "--rate", "100"],
     "takeover": ["--rounds", "1"],
     "receipts": ["--seconds", "1", "--rounds", "1", "--participants", "2,5"],
+    "keys": ["--messages", "200", "--rounds", "1", "--threads", "4", "--keys", "1,256"],
+    "hol": ["--messages", "10", "--rounds", "1", "--threads", "4", "--fail-seconds", "2"],
 }
 
 EXPECTED_KEYS = {
@@ -33,6 +35,10 @@ EXPECTED_KEYS = {
     "takeover": {"takeover_s"},
     "receipts": {"updates_per_s", "baseline_per_s", "ratio", "statements_per_update",
                  "updates_per_s_5_members", "statements_per_update_5_members"},
+    "keys": {f"{system}_per_s_{n}_keys" for system in ("ordered", "unordered", "stock") for n in (1, 256)}
+            | {f"ordered_vs_{other}_{n}_keys" for other in ("unordered", "stock") for n in (1, 256)},
+    "hol": {"failing_key_s", "same_partition_max_s", "other_partitions_max_s", "delay_s",
+            "partition_order_same_partition_max_s", "partition_order_delay_s"},
 }  # fmt: skip
 
 #: Memory figures (MB of peak resident memory; bytes of Redis memory per queued message).
@@ -43,6 +49,8 @@ MEMORY_KEYS = {
     "e2e": {"api_peak_rss_mb", "workers_peak_rss_mb"},
     "takeover": set(),
     "receipts": {"api_peak_rss_mb"},
+    "keys": set(),
+    "hol": set(),
 }
 
 
@@ -84,6 +92,14 @@ def test_benchmark_scenario_prints_sane_figures_and_cleans_up(
         assert report["ratio"] > 0
     if scenario == "persist":
         assert report["persist_per_s_5_members"] > 0 and report["time_5_vs_2_members"] > 0
+    if scenario == "keys":
+        assert all(report[key] > 0 for key in EXPECTED_KEYS["keys"])
+    if scenario == "hol":
+        # The failing key finished only after its 2 s of failures (times count from the first
+        # finished job, a little after its first failure); under partition order its partition's
+        # other keys waited for it, under key order they did not.
+        assert report["failing_key_s"] > 1.5 and report["partition_order_same_partition_max_s"] > 1.5
+        assert report["same_partition_max_s"] < 1.5
     if scenario == "receipts":
         assert report["statements_per_update"] == report["statements_per_update_5_members"] == 1
     # it removed what it made

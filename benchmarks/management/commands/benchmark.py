@@ -12,17 +12,21 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from benchmarks.broker import run_broker
 from benchmarks.e2e import run_e2e
+from benchmarks.hol import run_hol
 from benchmarks.ingress import run_ingress
 from benchmarks.ingress_batch import run_ingress_batch
+from benchmarks.keys import DEFAULT_KEY_COUNTS, run_keys
 from benchmarks.persist import run_persist
 from benchmarks.receipts import run_receipts
 from benchmarks.report import BenchmarkError, Report, check_services
 from benchmarks.takeover import run_takeover
 
-SCENARIOS = ("broker", "persist", "ingress", "ingress-batch", "e2e", "takeover", "receipts")
+SCENARIOS = (
+    "broker", "persist", "ingress", "ingress-batch", "e2e", "takeover", "receipts", "keys", "hol",
+)  # fmt: skip
 
 #: Default message counts per scenario.
-DEFAULT_MESSAGES = {"broker": 20_000, "persist": 50_000, "e2e": 5_000}
+DEFAULT_MESSAGES = {"broker": 20_000, "persist": 50_000, "e2e": 5_000, "keys": 4_000, "hol": 50}
 
 
 def _participants(text: str) -> tuple[int, ...]:
@@ -36,12 +40,23 @@ def _participants(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    """``--keys``: comma-separated key counts, each at least 1."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected counts like 1,16,256, got {text!r}") from None
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"expected distinct counts of at least 1, got {text!r}")
+    return counts
+
+
 class Command(BaseCommand):
     help = "Measure a scenario (or all of them) against its baseline measured in the same run."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
-        parser.add_argument("--messages", type=int, default=None, help="messages per round")
+        parser.add_argument("--messages", type=int, default=None, help="messages per round (hol: per key)")
         parser.add_argument("--rounds", type=int, default=3, help="rounds (medians are reported)")
         parser.add_argument("--threads", type=int, default=8, help="producer and worker threads")
         parser.add_argument("--batch-size", type=int, default=100, help="persist: messages per transaction")
@@ -60,6 +75,15 @@ class Command(BaseCommand):
             help="persist, receipts: members per conversation, comma-separated sizes measured side by side "
             "(2,50,500)",
         )
+        parser.add_argument(
+            "--keys",
+            type=_counts,
+            default=DEFAULT_KEY_COUNTS,
+            help="keys: ordering key counts, comma-separated (1,16,256,4096)",
+        )
+        parser.add_argument(
+            "--fail-seconds", type=float, default=3.0, help="hol: how long the failing key's message fails"
+        )
         parser.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -76,7 +100,7 @@ class Command(BaseCommand):
                 raise CommandError(f"{scenario}: {error}") from None
             self.progress("")
             for key, value in report.figures.items():
-                self.stdout.write(f"{scenario:>9} {key:<26} {value}")
+                self.stdout.write(f"{scenario:>9} {key:<34} {value}")
             results.append(report.as_dict())
         if options["json"]:
             self.stdout.write(json.dumps(results[0] if len(results) == 1 else {"scenarios": results}))
@@ -99,6 +123,10 @@ class Command(BaseCommand):
             return run_e2e(messages, options["rate"], self.progress, batch=options["batch"])
         if scenario == "receipts":
             return run_receipts(options["seconds"], rounds, self.progress, options["participants"])
+        if scenario == "keys":
+            return run_keys(messages, rounds, threads, self.progress, options["keys"])
+        if scenario == "hol":
+            return run_hol(messages, rounds, threads, options["fail_seconds"], self.progress)
         return run_takeover(rounds, self.progress)
 
     def progress(self, text: str) -> None:
