@@ -71,17 +71,12 @@ def run_keys(
                 report.rounds.append({"keys": count, "system": name, **figures})
     report.figures = {}
     for count in key_counts:
-        ordered_rate = median(results[(count, "ordered")])
-        unordered_rate = median(results[(count, "unordered")])
-        stock_rate = median(results[(count, "stock")])
-        report.figures.update(
-            {
-                f"ordered_per_s_{count}_keys": round(ordered_rate),
-                f"unordered_per_s_{count}_keys": round(unordered_rate),
-                f"stock_per_s_{count}_keys": round(stock_rate),
-                f"ordered_vs_unordered_{count}_keys": round(ordered_rate / unordered_rate, 2),
-                f"ordered_vs_stock_{count}_keys": round(ordered_rate / stock_rate, 2),
-            }
-        )
+        rates = {name: results[(count, name)] for name, _, _ in SYSTEMS}
+        report.figures.update({f"{name}_per_s_{count}_keys": round(median(r)) for name, r in rates.items()})
+        # Ratios within each round (the systems ran back to back), then their median: steadier
+        # than a ratio of medians on a loaded machine.
+        for other in ("unordered", "stock"):
+            ratios = [o / b for o, b in zip(rates["ordered"], rates[other], strict=True)]
+            report.figures[f"ordered_vs_{other}_{count}_keys"] = round(median(ratios), 2)
     report.figures["load_average_1m"] = round(os.getloadavg()[0], 2)
     return report

@@ -23,6 +23,18 @@ SMOKE = {
     "takeover": ["--rounds", "1"],
     "receipts": ["--seconds", "1", "--rounds", "1", "--participants", "2,5"],
     "keys": ["--messages", "200", "--rounds", "1", "--threads", "4", "--keys", "1,256"],
+    "scaling": [
+        "--messages",
+        "30000",
+        "--rounds",
+        "1",
+        "--threads",
+        "4",
+        "--processes",
+        "1,2",
+        "--window",
+        "0.5",
+    ],
     "hol": ["--messages", "10", "--rounds", "1", "--threads", "4", "--fail-seconds", "2"],
 }
 
@@ -37,6 +49,8 @@ EXPECTED_KEYS = {
                  "updates_per_s_5_members", "statements_per_update_5_members"},
     "keys": {f"{system}_per_s_{n}_keys" for system in ("ordered", "unordered", "stock") for n in (1, 256)}
             | {f"ordered_vs_{other}_{n}_keys" for other in ("unordered", "stock") for n in (1, 256)},
+    "scaling": {"steady_per_s_1_processes", "steady_per_s_2_processes", "ratio_2_vs_1",
+                "join_to_even_s_2_processes", "unmoved_max_gap_s_2_processes"},
     "hol": {"failing_key_s", "same_partition_max_s", "other_partitions_max_s", "delay_s",
             "partition_order_same_partition_max_s", "partition_order_delay_s"},
 }  # fmt: skip
@@ -51,6 +65,7 @@ MEMORY_KEYS = {
     "receipts": {"api_peak_rss_mb"},
     "keys": set(),
     "hol": set(),
+    "scaling": set(),
 }
 
 
@@ -94,6 +109,9 @@ def test_benchmark_scenario_prints_sane_figures_and_cleans_up(
         assert report["persist_per_s_5_members"] > 0 and report["time_5_vs_2_members"] > 0
     if scenario == "keys":
         assert all(report[key] > 0 for key in EXPECTED_KEYS["keys"])
+    if scenario == "scaling":
+        assert report["steady_per_s_1_processes"] > 0 and report["steady_per_s_2_processes"] > 0
+        assert report["rounds"][1]["partitions_moved"] == 8  # half of the 16 partitions went to the newcomer
     if scenario == "hol":
         # The failing key finished only after its 2 s of failures (times count from the first
         # finished job, a little after its first failure); under partition order its partition's

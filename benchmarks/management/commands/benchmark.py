@@ -19,14 +19,17 @@ from benchmarks.keys import DEFAULT_KEY_COUNTS, run_keys
 from benchmarks.persist import run_persist
 from benchmarks.receipts import run_receipts
 from benchmarks.report import BenchmarkError, Report, check_services
+from benchmarks.scaling import DEFAULT_PROCESS_COUNTS, run_scaling
 from benchmarks.takeover import run_takeover
 
 SCENARIOS = (
-    "broker", "persist", "ingress", "ingress-batch", "e2e", "takeover", "receipts", "keys", "hol",
+    "broker", "persist", "ingress", "ingress-batch", "e2e", "takeover", "receipts", "keys", "hol", "scaling",
 )  # fmt: skip
 
 #: Default message counts per scenario.
-DEFAULT_MESSAGES = {"broker": 20_000, "persist": 50_000, "e2e": 5_000, "keys": 4_000, "hol": 50}
+DEFAULT_MESSAGES = {
+    "broker": 20_000, "persist": 50_000, "e2e": 5_000, "keys": 4_000, "hol": 50, "scaling": 60_000,
+}  # fmt: skip
 
 
 def _participants(text: str) -> tuple[int, ...]:
@@ -41,7 +44,7 @@ def _participants(text: str) -> tuple[int, ...]:
 
 
 def _counts(text: str) -> tuple[int, ...]:
-    """``--keys``: comma-separated key counts, each at least 1."""
+    """``--keys``, ``--processes``: comma-separated counts, each at least 1."""
     try:
         counts = tuple(int(part) for part in text.split(","))
     except ValueError:
@@ -83,6 +86,15 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--fail-seconds", type=float, default=3.0, help="hol: how long the failing key's message fails"
+        )
+        parser.add_argument(
+            "--processes",
+            type=_counts,
+            default=DEFAULT_PROCESS_COUNTS,
+            help="scaling: worker process counts, comma-separated (1,2,4)",
+        )
+        parser.add_argument(
+            "--window", type=float, default=3.0, help="scaling: seconds of the steady-rate window"
         )
         parser.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
 
@@ -127,6 +139,10 @@ class Command(BaseCommand):
             return run_keys(messages, rounds, threads, self.progress, options["keys"])
         if scenario == "hol":
             return run_hol(messages, rounds, threads, options["fail_seconds"], self.progress)
+        if scenario == "scaling":
+            return run_scaling(
+                messages, rounds, threads, options["window"], self.progress, options["processes"]
+            )
         return run_takeover(rounds, self.progress)
 
     def progress(self, text: str) -> None:
