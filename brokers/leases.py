@@ -29,6 +29,16 @@ LEASE_TRUST = 0.8
 #: not released yet (it releases them as soon as its work in hand is done), in seconds.
 TAKEOVER_RETRY_S = 0.1
 
+#: How often the membership is read between heartbeats, in seconds: a process that joins
+#: or leaves changes the assignment, and the others act on it within this time rather
+#: than at their next heartbeat (a joining process gets its share within ~0.1 s plus the
+#: previous owner's work in hand, not up to a whole heartbeat interval later).
+MEMBERSHIP_CHECK_S = 0.1
+
+#: How often partitions assigned elsewhere are checked for being idle (nothing in flight,
+#: acks written) so that their leases are released at once, in seconds.
+DRAIN_CHECK_S = 0.02
+
 
 class LeaseCoordinator:
     """Keeps this process's membership and partition leases, on a heartbeat thread."""
@@ -47,6 +57,10 @@ class LeaseCoordinator:
         self._thread: threading.Thread | None = None
         #: Some partitions assigned here are still held by their previous owner.
         self._short_of_share = False
+        #: The live members the last heartbeat saw.
+        self._members: list[str] = []
+        #: Some partitions assigned elsewhere are still held here (work in hand).
+        self._draining = False
 
     def watch(self, state: QueueState) -> None:
         """Lease partitions of ``state``'s queue from now on (starts the heartbeat)."""
@@ -78,25 +92,48 @@ class LeaseCoordinator:
     def _run(self) -> None:
         interval = self.heartbeat_interval_ms / 1000
         next_beat = time.monotonic() + interval
-        while not self._stop.wait(min(interval, max(0.0, next_beat - time.monotonic()))):
-            if time.monotonic() < next_beat and not self._short_of_share:
-                continue
+        while not self._stop.wait(self._pause(next_beat)):
+            due = time.monotonic() >= next_beat or self._short_of_share
             try:
-                self.tick()
+                if self._draining:
+                    self._release_draining()
+                due = due or self._membership_changed()
+                if due:
+                    self.tick()
             except BrokerConnectionError as error:
                 self.logger.warning("Lease heartbeat failed: %s", error)
             except Exception:
                 self.logger.exception("Lease heartbeat crashed; retrying.")
-            now = time.monotonic()
-            next_beat = now + (TAKEOVER_RETRY_S if self._short_of_share else interval)
+            if due:
+                now = time.monotonic()
+                next_beat = now + (TAKEOVER_RETRY_S if self._short_of_share else interval)
+
+    def _pause(self, next_beat: float) -> float:
+        check = DRAIN_CHECK_S if self._draining else MEMBERSHIP_CHECK_S
+        return min(check, max(0.0, next_beat - time.monotonic()))
+
+    def _release_draining(self) -> None:
+        """Release the partitions assigned elsewhere whose work in hand is done."""
+        draining = False
+        for queue_name, state in list(self.queues.items()):
+            self.release_idle(queue_name)
+            with state.lock:
+                draining = draining or any(p.draining for p in state.partitions.values())
+        self._draining = draining
+
+    def _membership_changed(self) -> bool:
+        """Whether a process joined or left since the last heartbeat (renews this one's
+        membership too: the script that reads it also renews it)."""
+        return self.store.heartbeat(self.lease_ttl_ms) != self._members
 
     def tick(self) -> None:
         """One heartbeat: refresh membership, then acquire, renew or release leases."""
         members = self.store.heartbeat(self.lease_ttl_ms)
+        self._members = members
         token = self.store.consumer_name
         if token not in members:
             members = sorted([*members, token])
-        short = False
+        short = draining = False
         for queue_name, state in list(self.queues.items()):
             assigned = {p for p in range(self.partitions) if members[p % len(members)] == token}
             with state.lock:
@@ -105,6 +142,7 @@ class LeaseCoordinator:
                         partition.draining = True
             self.release_idle(queue_name)
             with state.lock:
+                draining = draining or any(p.draining for p in state.partitions.values())
                 wanted = sorted(assigned | {p for p in state.partitions if p not in state.lost})
             sent_at = time.monotonic()
             held = self.store.acquire(queue_name, wanted, self.lease_ttl_ms)
@@ -123,6 +161,7 @@ class LeaseCoordinator:
             if acquired:
                 state.wakeup.set()
         self._short_of_share = short
+        self._draining = draining
 
     def release_idle(self, queue_name: str, *, everything: bool = False) -> None:
         """Release the leases of partitions that are draining (or all, if ``everything``)
