@@ -42,7 +42,8 @@ def bench_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -51,7 +52,7 @@ def _free_port() -> int:
 @contextmanager
 def api_server(env: dict[str, str], workers: int = 2) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """The API server (gunicorn, ``workers`` processes) on a free port, once it answers."""
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         launch.gunicorn_argv(bind=f"127.0.0.1:{port}", workers=workers),
         cwd=BASE_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -99,7 +100,7 @@ def cpu_self() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _cpu_of(pid: int) -> float:
+def cpu_of(pid: int) -> float:
     """CPU seconds a live process (and its waited-for children) used so far."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -111,7 +112,7 @@ def _cpu_of(pid: int) -> float:
 
 def cpu_of_tree(pid: int) -> float:
     """CPU seconds of a live process and its live children."""
-    return _cpu_of(pid) + sum(_cpu_of(c) for c in _children(pid))
+    return cpu_of(pid) + sum(cpu_of(c) for c in _children(pid))
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -16,6 +16,7 @@ from benchmarks.hol import run_hol
 from benchmarks.ingress import run_ingress
 from benchmarks.ingress_batch import run_ingress_batch
 from benchmarks.keys import DEFAULT_KEY_COUNTS, run_keys
+from benchmarks.peers import run_peers
 from benchmarks.persist import run_persist
 from benchmarks.receipts import run_receipts
 from benchmarks.report import BenchmarkError, Report, check_services
@@ -23,12 +24,14 @@ from benchmarks.scaling import DEFAULT_PROCESS_COUNTS, run_scaling
 from benchmarks.takeover import run_takeover
 
 SCENARIOS = (
-    "broker", "persist", "ingress", "ingress-batch", "e2e", "takeover", "receipts", "keys", "hol", "scaling",
+    "broker", "persist", "ingress", "ingress-batch", "e2e", "takeover", "receipts",
+    "keys", "hol", "scaling", "peers",
 )  # fmt: skip
 
 #: Default message counts per scenario.
 DEFAULT_MESSAGES = {
-    "broker": 20_000, "persist": 50_000, "e2e": 5_000, "keys": 4_000, "hol": 50, "scaling": 60_000,
+    "broker": 20_000, "persist": 50_000, "e2e": 5_000,
+    "keys": 4_000, "hol": 50, "scaling": 60_000, "peers": 5_000,
 }  # fmt: skip
 
 
@@ -139,6 +142,8 @@ class Command(BaseCommand):
             return run_keys(messages, rounds, threads, self.progress, options["keys"])
         if scenario == "hol":
             return run_hol(messages, rounds, threads, options["fail_seconds"], self.progress)
+        if scenario == "peers":
+            return run_peers(messages, rounds, threads, self.progress)
         if scenario == "scaling":
             return run_scaling(
                 messages, rounds, threads, options["window"], self.progress, options["processes"]
