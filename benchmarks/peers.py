@@ -14,8 +14,11 @@ installed (``pip install -e '.[bench]'``) is listed as missing, not measured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +36,7 @@ import redis
 from django.db import connection
 
 from benchmarks.peer_apps import done_key
-from benchmarks.processes import cpu_of, cpu_of_tree, cpu_self, free_port
+from benchmarks.processes import child_pids, cpu_of, cpu_of_tree, cpu_self, free_port
 from benchmarks.report import BenchmarkError, Progress, Report, median
 from messaging_project.config import BASE_DIR
 
@@ -149,10 +152,12 @@ def _bin(name: str) -> str:
 
 @dataclass(frozen=True)
 class Peer:
-    """One system: the package it needs, how to enqueue, how to start its worker."""
+    """One system: the package it needs, its app module (imported before the timing
+    starts), how to enqueue, how to start its worker."""
 
     name: str
     package: str
+    app: str
     enqueue: Callable[[Setup, list[str]], None]
     worker_argv: Callable[[Setup], list[str]]
     postgres: bool = False
@@ -162,6 +167,7 @@ PEERS = (
     Peer(
         "ours",
         "dramatiq",
+        "dramatiq_app",
         _enqueue_dramatiq("ours"),
         lambda s: [
             sys.executable,
@@ -175,6 +181,7 @@ PEERS = (
     Peer(
         "dramatiq",
         "dramatiq",
+        "dramatiq_app",
         _enqueue_dramatiq("stock"),
         lambda s: [
             sys.executable,
@@ -188,6 +195,7 @@ PEERS = (
     Peer(
         "taskiq",
         "taskiq_redis",
+        "taskiq_app",
         _enqueue_taskiq,
         lambda s: [
             _bin("taskiq"),
@@ -204,6 +212,7 @@ PEERS = (
     Peer(
         "celery",
         "celery",
+        "celery_app",
         _enqueue_celery,
         lambda s: [
             _bin("celery"),
@@ -226,6 +235,7 @@ PEERS = (
     Peer(
         "procrastinate",
         "procrastinate",
+        "procrastinate_app",
         _enqueue_procrastinate(lock=False),
         lambda s: [
             _bin("procrastinate"),
@@ -240,6 +250,7 @@ PEERS = (
     Peer(
         "procrastinate_lock",
         "procrastinate",
+        "procrastinate_app",
         _enqueue_procrastinate(lock=True),
         lambda s: [
             _bin("procrastinate"),
@@ -311,6 +322,24 @@ def _pg_cpu(database: str) -> float:
     return sum(cpu_of(pid) for (pid,) in rows)
 
 
+#: How long a worker gets to stop after SIGTERM before it and its children are killed
+#: (its jobs are all done by then; taskiq's worker does not stop on SIGTERM), in seconds.
+STOP_TIMEOUT_S = 3
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    children = child_pids(worker.pid)
+    worker.terminate()
+    try:
+        worker.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _round(peer: Peer, setup: Setup, messages: int, redis_pid: int) -> dict[str, float]:
     client = redis.Redis.from_url(setup.redis_url)
     client.flushdb()  # the private server's only database; nobody else uses it
@@ -353,12 +382,7 @@ def _round(peer: Peer, setup: Setup, messages: int, redis_pid: int) -> dict[str,
         consume_cpu = cpu_others(worker) - cpu_first
         assert first is not None
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        _stop(worker)
     return {
         "enqueue_per_s": messages / enqueue_s,
         "consume_per_s": (messages - first_count) / max(now - first, 1e-6),
@@ -387,6 +411,8 @@ def run_peers(messages: int, rounds: int, threads: int, progress: Progress) -> R
         "(autovacuum is off here). Systems alternate within each round; medians",
     }
     results: dict[str, list[dict[str, float]]] = {p.name: [] for p in available}
+    for peer in available:
+        importlib.import_module(f"benchmarks.peer_apps.{peer.app}")
     with private_redis() as (url, redis_pid):
         database = _peers_database() if any(p.postgres for p in available) else ""
         for r in range(rounds):

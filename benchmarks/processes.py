@@ -89,7 +89,8 @@ def run_workers(
             process.wait()
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
+    """The live children of ``pid``."""
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return [int(c) for c in out.split()]
 
@@ -112,13 +113,13 @@ def cpu_of(pid: int) -> float:
 
 def cpu_of_tree(pid: int) -> float:
     """CPU seconds of a live process and its live children."""
-    return cpu_of(pid) + sum(cpu_of(c) for c in _children(pid))
+    return cpu_of(pid) + sum(cpu_of(c) for c in child_pids(pid))
 
 
 def peak_rss_mb(pid: int) -> float:
     """Peak resident memory (VmHWM) of a live process and its live children, in MB."""
     total_kb = 0
-    for process in (pid, *_children(pid)):
+    for process in (pid, *child_pids(pid)):
         try:
             status = Path(f"/proc/{process}/status").read_text()
         except OSError:
@@ -137,7 +138,7 @@ def self_peak_rss_mb() -> float:
 def lease_holders(workers: subprocess.Popen[bytes], namespace: str) -> dict[int, set[int]]:
     """The partitions each worker process (a child of ``workers``) holds a lease on."""
     client = redis_client()
-    children = set(_children(workers.pid))
+    children = set(child_pids(workers.pid))
     holders: dict[int, set[int]] = {}
     for p in range(settings.STREAM_PARTITIONS):
         value = client.get(partition_keys(namespace, MESSAGES_QUEUE, p).lease)

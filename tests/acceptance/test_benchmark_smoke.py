@@ -35,6 +35,7 @@ SMOKE = {
         "--window",
         "0.5",
     ],
+    "peers": ["--messages", "200", "--rounds", "1", "--threads", "4"],
     "hol": ["--messages", "10", "--rounds", "1", "--threads", "4", "--fail-seconds", "2"],
 }
 
@@ -51,6 +52,8 @@ EXPECTED_KEYS = {
             | {f"ordered_vs_{other}_{n}_keys" for other in ("unordered", "stock") for n in (1, 256)},
     "scaling": {"steady_per_s_1_processes", "steady_per_s_2_processes", "ratio_2_vs_1",
                 "join_to_even_s_2_processes", "unmoved_max_gap_s_2_processes"},
+    "peers": {f"ours_{figure}" for figure in ("consume_per_s", "enqueue_per_s", "consume_cpu_us_per_job")}
+             | {"dramatiq_consume_per_s", "ours_consume_vs_dramatiq"},
     "hol": {"failing_key_s", "same_partition_max_s", "other_partitions_max_s", "delay_s",
             "partition_order_same_partition_max_s", "partition_order_delay_s"},
 }  # fmt: skip
@@ -66,7 +69,13 @@ MEMORY_KEYS = {
     "keys": set(),
     "hol": set(),
     "scaling": set(),
+    "peers": set(),
 }
+
+
+#: The peers scenario's systems and the package each needs.
+PEER_PACKAGES = {"taskiq": "taskiq_redis", "celery": "celery", "procrastinate": "procrastinate",
+                 "procrastinate_lock": "procrastinate"}  # fmt: skip
 
 
 def run_benchmark(scenario: str, redis_url: str) -> dict[str, Any]:
@@ -112,6 +121,11 @@ def test_benchmark_scenario_prints_sane_figures_and_cleans_up(
     if scenario == "scaling":
         assert report["steady_per_s_1_processes"] > 0 and report["steady_per_s_2_processes"] > 0
         assert report["rounds"][1]["partitions_moved"] == 8  # half of the 16 partitions went to the newcomer
+    if scenario == "peers":
+        # Every peer is measured or named as missing (the [bench] extra is optional).
+        for name, package in PEER_PACKAGES.items():
+            assert f"{name}_consume_per_s" in report or package in report["missing"], name
+        assert report["missing"] == (", ".join(report["method"]["missing"]) or "none")
     if scenario == "hol":
         # The failing key finished only after its 2 s of failures (times count from the first
         # finished job, a little after its first failure); under partition order its partition's
