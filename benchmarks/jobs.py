@@ -63,10 +63,12 @@ def consume_round(
     counter: str,
     actor_options: dict[str, Any] | None = None,
     body: Callable[[str, int], None] | None = None,
+    redis_call: bool = True,
 ) -> tuple[dict[str, float], Finishes]:
     """Enqueue ``messages`` jobs round-robin over ``keys`` (with ``partition_key`` when
     ``ordered``), then consume them with a Worker of ``threads`` threads. ``body(key, i)``
-    runs before the job's Redis call (to make it fail, for example)."""
+    runs before the job's Redis call (to make it fail, for example); without
+    ``redis_call`` the job makes none (a no-op, as in the ``broker`` scenario)."""
     finishes = Finishes(messages)
     client = redis_client()
 
@@ -74,7 +76,8 @@ def consume_round(
     def job(key: str, i: int) -> None:
         if body is not None:
             body(key, i)
-        client.incr(counter)
+        if redis_call:
+            client.incr(counter)
         finishes.record(key)
 
     def produce(offset: int) -> None:

@@ -26,6 +26,7 @@ def run_keys(
     threads: int,
     progress: Progress,
     key_counts: tuple[int, ...] = DEFAULT_KEY_COUNTS,
+    job: str = "incr",
 ) -> Report:
     """Consume rates per key count and system, and the ordered/unordered and
     ordered/stock ratios."""
@@ -36,12 +37,14 @@ def run_keys(
         "rounds": rounds,
         "threads": threads,
         "key_counts": list(key_counts),
+        "job": job,
         "partitions": partitions,
         "load_average": os.getloadavg(),
         "what": "T producer threads enqueue N jobs round-robin over K keys, then a Dramatiq Worker with T "
-        "threads runs them; the job is one Redis INCR. Systems: ours ordered per key (partition_key=key), "
-        "ours unordered (no partition_key), stock dramatiq RedisBroker (default prefetch). Each round runs "
-        "every key count and system in turn; consume rate counts from the first finished job; medians",
+        "threads runs them; the job is one Redis INCR (--job noop: nothing). Systems: ours ordered per "
+        "key (partition_key=key), ours unordered (no partition_key), stock dramatiq RedisBroker (default "
+        "prefetch). Each round runs every key count and system in turn; consume rate counts from the first "
+        "finished job; medians",
     }
     results: dict[tuple[int, str], list[float]] = {}
     for r in range(rounds):
@@ -64,6 +67,7 @@ def run_keys(
                         threads=threads,
                         ordered=ordered,
                         counter=f"{namespace}:done",
+                        redis_call=job == "incr",
                     )
                 finally:
                     drop_namespace(namespace)

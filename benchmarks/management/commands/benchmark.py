@@ -88,6 +88,12 @@ class Command(BaseCommand):
             help="keys: ordering key counts, comma-separated (1,16,256,4096)",
         )
         parser.add_argument(
+            "--job",
+            choices=["incr", "noop"],
+            default="incr",
+            help="keys: the job's body, one Redis INCR (as in peers) or nothing (as in broker)",
+        )
+        parser.add_argument(
             "--fail-seconds", type=float, default=3.0, help="hol: how long the failing key's message fails"
         )
         parser.add_argument(
@@ -139,7 +145,7 @@ class Command(BaseCommand):
         if scenario == "receipts":
             return run_receipts(options["seconds"], rounds, self.progress, options["participants"])
         if scenario == "keys":
-            return run_keys(messages, rounds, threads, self.progress, options["keys"])
+            return run_keys(messages, rounds, threads, self.progress, options["keys"], options["job"])
         if scenario == "hol":
             return run_hol(messages, rounds, threads, options["fail_seconds"], self.progress)
         if scenario == "peers":
