@@ -12,6 +12,7 @@ import dramatiq
 import redis
 from django.conf import settings
 from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from brokers import RedisStreamsBroker
@@ -74,7 +75,7 @@ def _fail_fast() -> None:
         raise redis.ConnectionError(reason)
 
 
-def redis_client() -> redis.Redis:
+def redis_client() -> redis.Redis | RedisCluster:
     """A Redis client for ``REDIS_URL`` that gives up in bounded time.
 
     A call that gets no answer within ``REDIS_SOCKET_TIMEOUT_MS`` (a partition, a hung
@@ -99,6 +100,11 @@ def redis_client() -> redis.Redis:
             socket.TCP_KEEPINTVL: 1,
             socket.TCP_KEEPCNT: KEEPALIVE_PROBES,
         }
+    if settings.REDIS_CLUSTER:
+        # Any one node is the seed; the client learns the rest. A failover (a master gone,
+        # its replica promoted) costs a few refused calls and a fresh slot map.
+        options.pop("health_check_interval")
+        return RedisCluster.from_url(settings.REDIS_URL, **options)
     return redis.Redis.from_url(settings.REDIS_URL, **options)
 
 
@@ -112,6 +118,9 @@ def get_broker() -> RedisStreamsBroker:
         poll_interval_ms=settings.STREAM_POLL_INTERVAL_MS,
         fetch_count=max(10, settings.STREAM_BATCH_SIZE),
         idempotency_grace_ms=settings.IDEMPOTENCY_GRACE_MS,
+        min_replicas_ack=settings.REDIS_MIN_REPLICAS_ACK,
+        # WAIT answers within this, well inside the socket timeout that bounds the call.
+        replicas_ack_timeout_ms=max(10, settings.REDIS_SOCKET_TIMEOUT_MS // 2),
         sequence_floor=sequence_floor,
     )
     broker.add_middleware(DbConnections())

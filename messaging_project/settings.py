@@ -185,6 +185,10 @@ DATABASE_STATEMENT_TIMEOUT_MS = CONFIG.database_statement_timeout_ms
 REDIS_URL = CONFIG.redis_url
 REDIS_SOCKET_TIMEOUT_MS = CONFIG.redis_socket_timeout_ms
 REDIS_CONNECT_TIMEOUT_MS = CONFIG.redis_connect_timeout_ms
+#: ``REDIS_URL`` names one node of a Redis Cluster: every Redis user builds a cluster client.
+REDIS_CLUSTER = CONFIG.redis_cluster
+#: Replicas that must confirm each enqueue (``WAIT``) before ingress acknowledges it.
+REDIS_MIN_REPLICAS_ACK = CONFIG.redis_min_replicas_ack
 #: Dramatiq's worker timeout (``runworkers``): REDIS_SOCKET_TIMEOUT_MS is validated against it.
 WORKER_TIMEOUT_MS = WORKER_TIMEOUT_MS
 STREAM_NAMESPACE = CONFIG.stream_namespace

@@ -79,6 +79,8 @@ class Command(BaseCommand):
         parts = urlsplit(url)
         local = parts.hostname in {"127.0.0.1", "localhost", "::1"}
         binary = shutil.which("redis-server")
+        if settings.REDIS_CLUSTER:  # a private single node is no stand-in for a cluster
+            raise CommandError(f"No Redis Cluster node answers at {url} (REDIS_CLUSTER is on).")
         if not local or binary is None:
             raise CommandError(
                 f"No Redis answers at {url}. Start one (Debian: `apt-get install redis-server`, "
