@@ -22,6 +22,7 @@ SMOKE = {
     "e2e": ["--messages", "100", "--rate", "100"],
     "takeover": ["--rounds", "1"],
     "receipts": ["--seconds", "1", "--rounds", "1", "--participants", "2,5"],
+    "cluster": ["--messages", "300", "--rounds", "1", "--threads", "4"],
 }
 
 EXPECTED_KEYS = {
@@ -33,6 +34,8 @@ EXPECTED_KEYS = {
     "takeover": {"takeover_s"},
     "receipts": {"updates_per_s", "baseline_per_s", "ratio", "statements_per_update",
                  "updates_per_s_5_members", "statements_per_update_5_members"},
+    "cluster": {"enqueue_per_s", "consume_per_s", "baseline_enqueue_per_s", "baseline_consume_per_s",
+                "enqueue_ratio", "consume_ratio", "idle_cmds_per_s", "baseline_idle_cmds_per_s"},
 }  # fmt: skip
 
 #: Memory figures (MB of peak resident memory; bytes of Redis memory per queued message).
@@ -43,6 +46,7 @@ MEMORY_KEYS = {
     "e2e": {"api_peak_rss_mb", "workers_peak_rss_mb"},
     "takeover": set(),
     "receipts": {"api_peak_rss_mb"},
+    "cluster": set(),
 }
 
 
@@ -84,6 +88,8 @@ def test_benchmark_scenario_prints_sane_figures_and_cleans_up(
         assert report["ratio"] > 0
     if scenario == "persist":
         assert report["persist_per_s_5_members"] > 0 and report["time_5_vs_2_members"] > 0
+    if scenario == "cluster":  # idle: a cluster polls, one node blocks (a few commands a second)
+        assert report["idle_cmds_per_s"] > report["baseline_idle_cmds_per_s"]
     if scenario == "receipts":
         assert report["statements_per_update"] == report["statements_per_update_5_members"] == 1
     # it removed what it made

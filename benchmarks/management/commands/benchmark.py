@@ -11,6 +11,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from benchmarks.broker import run_broker
+from benchmarks.cluster import run_cluster
 from benchmarks.e2e import run_e2e
 from benchmarks.ingress import run_ingress
 from benchmarks.ingress_batch import run_ingress_batch
@@ -19,10 +20,10 @@ from benchmarks.receipts import run_receipts
 from benchmarks.report import BenchmarkError, Report, check_services
 from benchmarks.takeover import run_takeover
 
-SCENARIOS = ("broker", "persist", "ingress", "ingress-batch", "e2e", "takeover", "receipts")
+SCENARIOS = ("broker", "persist", "ingress", "ingress-batch", "e2e", "takeover", "receipts", "cluster")
 
 #: Default message counts per scenario.
-DEFAULT_MESSAGES = {"broker": 20_000, "persist": 50_000, "e2e": 5_000}
+DEFAULT_MESSAGES = {"broker": 20_000, "persist": 50_000, "e2e": 5_000, "cluster": 20_000}
 
 
 def _participants(text: str) -> tuple[int, ...]:
@@ -97,6 +98,8 @@ class Command(BaseCommand):
             return run_ingress_batch(options["seconds"], rounds, self.progress)
         if scenario == "e2e":
             return run_e2e(messages, options["rate"], self.progress, batch=options["batch"])
+        if scenario == "cluster":
+            return run_cluster(messages, rounds, threads, self.progress)
         if scenario == "receipts":
             return run_receipts(options["seconds"], rounds, self.progress, options["participants"])
         return run_takeover(rounds, self.progress)
