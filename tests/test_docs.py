@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import pytest
 from django.conf import settings
 from django.core.management import get_commands, load_command_class
 from django.test import Client
@@ -375,7 +374,6 @@ def test_pending_settings_are_not_read_yet() -> None:
     )
 
 
-@pytest.mark.django_db
 def test_every_documented_metric_is_exported() -> None:
     api = Client(REMOTE_ADDR="127.0.0.1").get("/metrics")
     assert api.status_code == 200
