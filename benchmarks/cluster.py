@@ -7,6 +7,7 @@ neither is the shared development Redis."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import tempfile
@@ -76,7 +77,7 @@ def _servers(count: int, *, cluster: bool) -> Iterator[list[int]]:
             )  # fmt: skip
             ports.append(port)
         for port in ports:
-            _wait(lambda p=port: bool(redis.Redis(port=p, socket_connect_timeout=1).ping()), "redis-server")
+            _wait(functools.partial(_pings, port), "redis-server")
         if cluster:
             subprocess.run(
                 ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-yes"],
@@ -106,6 +107,10 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float = 30) -> None
             pass
         time.sleep(0.05)
     raise BenchmarkError(f"timed out waiting for {what}")
+
+
+def _pings(port: int) -> bool:
+    return bool(redis.Redis(port=port, socket_connect_timeout=1).ping())
 
 
 def _commands(ports: list[int]) -> int:
