@@ -52,11 +52,6 @@ PROJECT_ENV = {"DJANGO_SETTINGS_MODULE": "messaging_project.settings"}
 DOCS = [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]
 PACKAGES = ("brokers", "delivery", "messaging_project", "benchmarks")
 
-#: Settings the docs describe ahead of the code: Redis Cluster mode is being built in parallel
-#: (docs/scaling.md, "Running on Redis Cluster"). Once the configuration reads one of them,
-#: ``test_pending_settings_are_not_read_yet`` fails: drop it from here.
-PENDING_SETTINGS = frozenset({"REDIS_CLUSTER", "REDIS_MIN_REPLICAS_ACK"})
-
 #: Environment variables read by libraries, not by the configuration: each must appear in
 #: the project's code (where the project sets or passes it).
 LIBRARY_VARIABLES = frozenset({"PROMETHEUS_MULTIPROC_DIR", "DJANGO_SETTINGS_MODULE"})
@@ -348,7 +343,7 @@ def test_every_documented_make_target_exists() -> None:
 
 
 def test_every_documented_setting_is_read_by_the_configuration() -> None:
-    known = configuration_variables() | PENDING_SETTINGS
+    known = configuration_variables()
     identifiers = code_identifiers()
     problems: dict[str, set[str]] = {}
     for doc in docs():
@@ -361,17 +356,6 @@ def test_every_documented_setting_is_read_by_the_configuration() -> None:
             and not (name in LIBRARY_VARIABLES and name in identifiers)
         }
     assert not any(problems.values()), f"settings the configuration does not read:\n{_report(problems)}"
-
-
-def test_pending_settings_are_not_read_yet() -> None:
-    """Pending settings are an exception only until the configuration reads them."""
-    landed = PENDING_SETTINGS & configuration_variables()
-    assert not landed, (
-        f"{sorted(landed)} are read by messaging_project/config.py now: drop them from PENDING_SETTINGS"
-    )
-    assert all(
-        name in (REPO / "docs" / "scaling.md").read_text(encoding="utf-8") for name in PENDING_SETTINGS
-    )
 
 
 def test_every_documented_metric_is_exported() -> None:
