@@ -30,11 +30,15 @@ CONTENT_SNIPPET_CHARS = 50
 EPOCH_MS_FIELDS = ("created_at",)
 
 
+def short(value: str) -> str:
+    """The last characters of an id: message ids are UUID v7, whose first ones are a
+    time stamp that messages of the same moment share."""
+    return value if len(value) <= SHORT_ID_CHARS else f"…{value[-SHORT_ID_CHARS:]}"
+
+
 def short_id(value: str) -> SafeString:
-    """The first characters of an id, the whole id on hover."""
-    if len(value) <= SHORT_ID_CHARS:
-        return format_html("<code>{}</code>", value or "-")
-    return format_html('<code title="{}">{}…</code>', value, value[:SHORT_ID_CHARS])
+    """:func:`short`, the whole id on hover."""
+    return format_html('<code title="{}">{}</code>', value, short(value) or "-")
 
 
 def age(dead_lettered_at: datetime) -> str:

@@ -220,8 +220,10 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         context = dict(extra_context or {})
         if obj is not None:
             context["title"] = (
-                f"Dead letter: message {obj.message_id[: show.SHORT_ID_CHARS]}… (seq {obj.seq}), {obj.reason}"
+                f"Dead letter: message {show.short(obj.message_id)} (seq {obj.seq}), {obj.reason}"
             )
+            context["subtitle"] = None  # not the raw stream id (shown under "Where it was")
+            context["breadcrumb"] = f"Message {show.short(obj.message_id)} (seq {obj.seq})"
             context["can_act"] = self.can_act(request) and obj.status == DeadLetterStatus.DEAD
         return super().change_view(request, object_id, form_url, extra_context=context)
 
