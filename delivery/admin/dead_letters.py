@@ -309,10 +309,9 @@ class DeadLetterAdmin(ReadOnlyAdmin):
             list(queryset[:10]),
             count=queryset.count(),
             cancel_url=request.get_full_path(),
-            # Everything the filter matches (Django's "select all"): the filter says which.
-            selected=[]
-            if request.POST.get("select_across") == "1"
-            else [str(pk) for pk in queryset.values_list("pk", flat=True)],
+            # The boxes ticked; with Django's "select all N", select_across=1 says the
+            # filter's rows, whatever their number (the form posts back to the filtered list).
+            selected=request.POST.getlist(ACTION_CHECKBOX_NAME),
         )
 
     # --- helpers ----------------------------------------------------------------------------

@@ -61,6 +61,22 @@ def test_discarding_selected_rows_asks_first_and_acts_only_once_confirmed(dead_l
     assert DeadLetter.objects.get(pk=dead.pk).status == "discarded"
 
 
+def test_discarding_all_rows_the_filter_matches_through_select_all_covers_more_than_the_page(dead_letters):
+    rows = dead_letters("POISON grape 1", "POISON grape 2", "POISON grape 3", "POISON kiwi")
+    client = _operator()
+    url = LIST + "?q=grape&status=dead"
+    # the first page's box ticked, then "Select all 3 dead letters" (select_across)
+    form = {"action": "discard", "_selected_action": [rows[0].pk], "select_across": "1"}
+
+    asked = client.post(url, form)
+    assert asked.status_code == 200 and b"Discard <strong>3</strong> dead letter(s)?" in asked.content
+
+    done = client.post(url, {**form, "confirm": "yes"})
+    assert done.status_code == 302
+    statuses = dict(DeadLetter.objects.values_list("pk", "status"))
+    assert [statuses[row.pk] for row in rows] == ["discarded", "discarded", "discarded", "dead"]
+
+
 def test_everything_matching_the_filter_is_counted_then_requeued_and_nothing_else(
     dead_letters, project_broker
 ):
