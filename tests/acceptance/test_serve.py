@@ -42,6 +42,16 @@ def _get(port: int, path: str, token: str) -> tuple[int, Any]:
         conn.close()
 
 
+def _get_raw(port: int, path: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
 def test_serve_persists_a_message_on_sqlite_and_stops_on_ctrl_c(tmp_path, redis_client, redis_url):
     port = free_port()
     database_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
@@ -63,6 +73,12 @@ def test_serve_persists_a_message_on_sqlite_and_stops_on_ctrl_c(tmp_path, redis_
 
         body = wait_for(persisted, timeout=60, what="the message persisted")
         assert (body["content"], body["seq"], body["sender"]) == ("hello from the quick start", 1, "demo")
+
+        # Swagger UI's page and its scripts come from this server (collected static files), no CDN
+        status, page = _get_raw(port, "/api/docs/")
+        scripts = re.findall(r'src="([^"]+)"', page)
+        assert status == 200 and scripts and all(src.startswith("/static/") for src in scripts), page
+        assert all(_get_raw(port, src)[0] == 200 for src in scripts)
     finally:
         service.signal(signal.SIGINT)
         code = service.wait(timeout=90)
