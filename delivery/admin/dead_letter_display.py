@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from django.contrib.auth.models import User
 from django.urls import reverse
@@ -17,7 +18,7 @@ from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
 from delivery.admin.base import iso_time, iso_time_ms
-from delivery.models import DeadLetter
+from delivery.models import DeadLetter, Message
 
 #: Characters of an id shown in the list (the full id is in the hover title).
 SHORT_ID_CHARS = 8
@@ -103,6 +104,15 @@ def envelope_block(dead_letter: DeadLetter) -> SafeString:
 def admin_link(url: str, text: str, *, title: str = "") -> SafeString:
     """A link, escaped."""
     return format_html('<a href="{}" title="{}">{}</a>', url, title or text, text)
+
+
+def message_persisted(dead_letter: DeadLetter) -> bool:
+    """Whether the dead letter's message is in the database now (requeued and persisted)."""
+    try:
+        message_uuid = UUID(dead_letter.message_id)
+    except ValueError:
+        return False
+    return Message.objects.filter(pk=message_uuid).exists()
 
 
 def message_link(dead_letter: DeadLetter, *, persisted: bool) -> SafeString:

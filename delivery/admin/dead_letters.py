@@ -21,14 +21,14 @@ from django.utils.safestring import SafeString
 
 from delivery.admin import dead_letter_display as show
 from delivery.admin import queue_status
-from delivery.admin.base import ReadOnlyAdmin, iso_time, staff_user
+from delivery.admin.base import ReadOnlyAdmin, iso_time, iso_time_ms, staff_user
 from delivery.admin.dead_letter_actions import (
     Operation,
     Outcome,
     dead_letters_apply,
     dead_letters_matching_apply,
 )
-from delivery.models import DeadLetter, DeadLetterStatus, Message
+from delivery.models import DeadLetter, DeadLetterStatus
 
 if TYPE_CHECKING:
     from django.contrib.admin.filters import _ListFilterChoices
@@ -171,8 +171,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 
     @admin.display(description="message id")
     def message(self, obj: DeadLetter) -> SafeString:
-        persisted = Message.objects.filter(pk=obj.message_id).exists() if _is_uuid(obj.message_id) else False
-        return show.message_link(obj, persisted=persisted)
+        return show.message_link(obj, persisted=show.message_persisted(obj))
 
     @admin.display(description="conversation id")
     def conversation(self, obj: DeadLetter) -> SafeString:
@@ -189,7 +188,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     @admin.display(description="sent at (ingress)")
     def created(self, obj: DeadLetter) -> str:
         created_ms = (obj.envelope or {}).get("created_at")
-        return show.iso_time_ms(created_ms) if isinstance(created_ms, int) else "-"
+        return iso_time_ms(created_ms) if isinstance(created_ms, int) else "-"
 
     @admin.display(description="status changed at")
     def status_changed(self, obj: DeadLetter) -> str:
@@ -352,13 +351,3 @@ def _operation(value: str) -> Operation:
         return Operation(value)
     except ValueError:
         raise Http404(f"No such operation: {value}") from None
-
-
-def _is_uuid(value: str) -> bool:
-    from uuid import UUID
-
-    try:
-        UUID(value)
-    except ValueError:
-        return False
-    return True
