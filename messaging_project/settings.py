@@ -41,6 +41,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    # Swagger UI's JavaScript and CSS, served as static files (no CDN: the docs work offline).
+    "drf_spectacular_sidecar",
     "delivery",
     # Tooling, not the domain: ``manage.py benchmark`` and its baseline view.
     "benchmarks",
@@ -176,6 +178,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Durable, ordered, idempotent chat message delivery.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Delivery backbone -------------------------------------------------------------------
