@@ -142,9 +142,12 @@ def setting_claims(doc: Doc) -> set[str]:
         match = _SETTING_SPAN.fullmatch(span)
         if match:
             found.add(match.group(1))
-    for line in doc.block_lines():
+    lines = list(doc.block_lines())
+    for line in lines:
         found |= set(_SETTING_ASSIGNED.findall(line))
-    return found
+    # A name the blocks also read back (``$NAME``) is the walkthrough's own shell variable.
+    shell_variables = {name for line in lines for name in re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", line)}
+    return found - {name for name in shell_variables if f"{name}=$(" in "\n".join(lines)}
 
 
 def metric_claims(doc: Doc) -> set[str]:
