@@ -40,7 +40,7 @@ from brokers.reader import (
     DEFAULT_IDLE_POLL_MAX_MS,
     ReaderSettings,
 )
-from brokers.records import DeadLetterEntry, PartitionStats, StreamEntry
+from brokers.records import DeadLetterBacklog, DeadLetterEntry, PartitionStats, StreamEntry
 from brokers.retries import InPlaceRetries
 from brokers.store import StreamStore
 
@@ -397,6 +397,10 @@ class RedisStreamsBroker(Broker):
     def trim_dead_letters(self, queue_name: str, partition: int, up_to: str) -> int:
         """Delete a partition's dead-letter entries up to id ``up_to`` (kept elsewhere now)."""
         return self.inspector.trim_dead_letters(queue_name, partition, up_to)
+
+    def dead_letter_backlog(self, queue_name: str) -> list[DeadLetterBacklog]:
+        """Entries and the oldest one's age per dead-letter stream, in one round trip."""
+        return self.inspector.dead_letter_backlog(queue_name)
 
     def requeue_dead_letter(
         self,

@@ -10,7 +10,7 @@ from dramatiq.message import Message
 
 from brokers.errors import DeadLetterNotFound, redis_unreachable_as_connection_closed
 from brokers.keys import where_field
-from brokers.records import DeadLetterEntry, PartitionStats, text
+from brokers.records import DeadLetterBacklog, DeadLetterEntry, PartitionStats, text
 from brokers.store import StreamStore
 
 
@@ -111,7 +111,32 @@ class Inspector:
         ms, _, seq = up_to.partition("-")
         keep_from = f"{ms}-{int(seq or 0) + 1}"
         with redis_unreachable_as_connection_closed():
-            return int(self.store.client.xtrim(self.store.keys(queue_name, partition).dead, minid=keep_from))
+            # Exact, not "~": an approximate trim keeps up to a node's worth of entries that
+            # the application already has, and a reader would see them again.
+            return int(
+                self.store.client.xtrim(
+                    self.store.keys(queue_name, partition).dead, minid=keep_from, approximate=False
+                )
+            )
+
+    def dead_letter_backlog(self, queue_name: str) -> list[DeadLetterBacklog]:
+        """Per partition, the entries in the dead-letter stream and the age of the oldest,
+        in one round trip (once an application trims what it stored, what it has still to
+        read)."""
+        with redis_unreachable_as_connection_closed():
+            pipe = self.store.client.pipeline(transaction=False)
+            for partition in range(self.partitions):
+                dead = self.store.keys(queue_name, partition).dead
+                pipe.xlen(dead)
+                pipe.xrange(dead, count=1)
+            replies = pipe.execute()
+        now_ms = int(time.time() * 1000)
+        backlog = []
+        for partition in range(self.partitions):
+            length, first = replies[2 * partition], replies[2 * partition + 1]
+            oldest_ms = int(text(first[0][0]).split("-")[0]) if first else now_ms
+            backlog.append(DeadLetterBacklog(queue_name, partition, int(length), max(0, now_ms - oldest_ms)))
+        return backlog
 
     def requeue_dead_letter(
         self,
