@@ -11,7 +11,12 @@ from dramatiq.message import Message
 from brokers.errors import DeadLetterNotFound, redis_unreachable_as_connection_closed
 from brokers.keys import where_field
 from brokers.records import DeadLetterBacklog, DeadLetterEntry, PartitionStats, text
+from brokers.scripts import raise_first
 from brokers.store import StreamStore
+
+#: One dead letter to requeue from what the application stored: (partition, dead-letter
+#: entry id, the message, its seq).
+DeadLetterRequeue = tuple[int, str, Message[Any], int | None]
 
 
 class Inspector:
@@ -176,6 +181,22 @@ class Inspector:
         if not new_id:
             raise DeadLetterNotFound(f"{queue_name}/{partition}/{dead_letter_id}")
         return text(new_id)
+
+    def requeue_dead_letters(self, queue_name: str, dead_letters: list[DeadLetterRequeue]) -> list[str]:
+        """:meth:`requeue_dead_letter` for many dead letters whose message the caller
+        has, in one round trip (one per node on a cluster); the new stream ids, in order.
+        Safe to repeat as one call is."""
+        script = self.store.script("requeue")
+        calls = []
+        for partition, dead_letter_id, message, seq in dead_letters:
+            keys = self.store.keys(queue_name, partition)
+            located = where_field(message.message_id) if message.options.get("locate") else b""
+            args = [dead_letter_id, message.encode(), "" if seq is None else seq, located]
+            calls.append((script, [keys.stream, keys.dead, keys.where], args))
+        with redis_unreachable_as_connection_closed():
+            replies = self.store.runner.run(calls)
+        raise_first(replies)
+        return [text(r) for r in replies]
 
     def discard_dead_letter(
         self, queue_name: str, partition: int, dead_letter_id: str, *, message: Message[Any] | None = None

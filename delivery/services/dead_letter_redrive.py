@@ -15,14 +15,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.utils import timezone
+from dramatiq import Message as DramatiqMessage
 from dramatiq.errors import BrokerConnectionError
 
+from brokers import RedisStreamsBroker
 from delivery.broker import get_broker
 from delivery.errors import ServiceUnavailable
 from delivery.models import DeadLetter, DeadLetterStatus
@@ -31,6 +33,7 @@ from delivery.services.dead_letters import (
     persisted_message_ids,
     redis_discard,
     redis_requeue,
+    stored_message,
 )
 
 #: Rows read and marked per statement.
@@ -97,7 +100,8 @@ def dead_letters_redrive(
         raise ValueError(f"action must be requeue or discard, not {action!r}")
     rate = rate or settings.DEAD_LETTER_REDRIVE_RATE
     page_size = max(1, min(page_size, rate))  # a page never goes faster than the rate
-    pending = dead_letters.filter(status=DeadLetterStatus.DEAD).order_by("pk")
+    # What a page needs, not the error texts and tracebacks (kilobytes a row).
+    pending = dead_letters.filter(status=DeadLetterStatus.DEAD).order_by("pk").defer("traceback", "error")
     state = RedriveProgress(total=pending.count())
     pacer = Pacer(rate, burst=page_size)
     broker = get_broker()
@@ -105,18 +109,10 @@ def dead_letters_redrive(
     while page := list(pending.filter(pk__gt=last_pk)[:page_size]):
         last_pk = page[-1].pk
         pacer.wait(len(page))
-        persisted = persisted_message_ids(page) if action == "requeue" else set()
         requeued: list[DeadLetter] = []
         skipped: list[DeadLetter] = []
         try:
-            for row in page:
-                if action == "discard":
-                    redis_discard(broker, row)
-                    requeued.append(row)
-                elif redis_requeue(broker, row, persisted=row.message_id in persisted):
-                    requeued.append(row)
-                else:
-                    skipped.append(row)
+            _redrive_page(broker, action, page, requeued, skipped)
         except BrokerConnectionError as error:
             _mark(action, requeued, skipped, user)
             raise ServiceUnavailable(
@@ -128,6 +124,39 @@ def dead_letters_redrive(
         if progress is not None:
             progress(state)
     return state
+
+
+def _redrive_page(
+    broker: RedisStreamsBroker,
+    action: RedriveAction,
+    page: list[DeadLetter],
+    handled: list[DeadLetter],
+    skipped: list[DeadLetter],
+) -> None:
+    """The Redis steps of one page: ``handled`` and ``skipped`` get the rows done, also
+    when a step fails half way. Requeues of rows that carry their message go in one round
+    trip per queue; the others (already persisted, or mirrored before rows kept the
+    message) one by one."""
+    if action == "discard":
+        for row in page:
+            redis_discard(broker, row)
+            handled.append(row)
+        return
+    persisted = persisted_message_ids(page)
+    batches: dict[str, list[tuple[DeadLetter, DramatiqMessage[Any]]]] = {}
+    for row in page:
+        message = stored_message(row) if row.message_id not in persisted else None
+        if message is not None:
+            batches.setdefault(row.queue, []).append((row, message))
+        elif redis_requeue(broker, row, persisted=row.message_id in persisted):
+            handled.append(row)
+        else:
+            skipped.append(row)
+    for queue_name, batch in batches.items():
+        broker.requeue_dead_letters(
+            queue_name, [(row.partition, row.dead_letter_id, message, row.seq) for row, message in batch]
+        )
+        handled.extend(row for row, _ in batch)
 
 
 def _mark(
