@@ -62,10 +62,18 @@ class Pacer:
     """Holds a caller back so that ``n`` items take at least ``n / rate`` seconds overall
     (the first ``burst`` go at once)."""
 
-    def __init__(self, rate: float, *, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate: float,
+        *,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.rate = rate
         self.burst = burst
         self.clock = clock
+        self.sleep = sleep
         self.started = clock()
         self.sent = 0
 
@@ -74,7 +82,7 @@ class Pacer:
         due = self.started + max(0, self.sent + count - self.burst) / self.rate
         delay = due - self.clock()
         if delay > 0:
-            time.sleep(delay)
+            self.sleep(delay)
         self.sent += count
 
 

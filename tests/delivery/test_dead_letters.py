@@ -18,6 +18,7 @@ from delivery import selectors, services
 from delivery.metrics import dead_letter_mirror_collector
 from delivery.models import DeadLetter, Message
 from delivery.services import dead_letter_mirror
+from delivery.services.dead_letter_redrive import Pacer
 from tests.conftest import wait_for
 from tests.delivery.conftest import XSS, make_user
 
@@ -274,3 +275,20 @@ def test_the_mirror_lag_is_on_the_metrics_scrape_until_the_mirror_catches_up(
     dead_letter_mirror.dead_letters_mirror()
     assert registry.get_sample_value("delivery_dead_letters_unmirrored", labels) == 0
     assert lag_ms() == 0
+
+
+def test_the_pacer_lets_a_burst_through_then_holds_to_the_rate_whatever_the_page_sizes():
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(round(seconds, 6))
+        now[0] += seconds
+
+    pacer = Pacer(10, burst=5, clock=lambda: now[0], sleep=sleep)
+    for count in (5, 5, 3, 7):
+        pacer.wait(count)
+    assert slept == [0.5, 0.3, 0.7]  # 20 items: the first 5 at once, 15 more at 10/s
+    now[0] += 10  # a caller slower than the rate is never held back
+    pacer.wait(5)
+    assert len(slept) == 3
