@@ -39,8 +39,11 @@ def dead_letters_mirror(*, page_size: int = MIRROR_PAGE_SIZE) -> int:
     broker = get_broker()
     created = 0
     for queue_name in sorted(broker.get_declared_queues() | {MESSAGES_QUEUE}):
-        # One page per partition in turn: a flooded partition does not starve the others.
-        cursors: dict[int, str | None] = dict.fromkeys(range(broker.partitions))
+        # Only partitions with something to mirror (one round trip when all are caught up);
+        # one page per partition in turn: a flooded partition does not starve the others.
+        cursors: dict[int, str | None] = dict.fromkeys(
+            b.partition for b in broker.dead_letter_backlog(queue_name) if b.length
+        )
         while cursors:
             for partition, after in list(cursors.items()):
                 entries = broker.dead_letters(queue_name, partition=partition, after=after, count=page_size)
