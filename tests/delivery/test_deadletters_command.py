@@ -1,14 +1,22 @@
 """``manage.py deadletters`` as an operator runs it (a subprocess): one line per error, no
-traceback, and it says which Redis it reads without showing the password."""
+traceback, and it says which Redis it reads without showing the password; its settings and
+the retention purge."""
 
 from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
+from datetime import timedelta
+from io import StringIO
 
+import pytest
+from django.core.management import CommandError, call_command
 from django.db import connection
+from django.utils import timezone
 
+from delivery.models import DeadLetter
 from messaging_project import launch
+from messaging_project.config import ConfigError, load_config
 from tests.conftest import RedisServer, project_subprocess
 
 
@@ -58,3 +66,47 @@ def test_the_command_says_which_redis_it_reads_with_the_password_redacted(
     ]
     assert "s3cret" not in out + err
     assert out.strip() == "No dead letters."
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DEAD_LETTER_REDRIVE_RATE", "0"),
+        ("DEAD_LETTER_REDRIVE_RATE", "fast"),
+        ("DEAD_LETTER_RETENTION_DAYS", "-1"),
+    ],
+)
+def test_a_bad_dead_letter_setting_is_refused_with_the_variable_named(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_config({name: value})
+    assert load_config({}).dead_letter_redrive_rate == 500
+    assert load_config({}).dead_letter_retention_days == 30
+
+
+def test_purge_deletes_rows_past_retention_and_refuses_to_guess_when_retention_is_off(
+    transactional_db, project_broker, settings
+):
+    long_ago = timezone.now() - timedelta(days=40)
+    for i, (status, changed) in enumerate(
+        [("requeued", long_ago), ("discarded", long_ago), ("discarded", timezone.now()), ("dead", None)]
+    ):
+        DeadLetter.objects.create(
+            queue="messages",
+            partition=0,
+            dead_letter_id=f"{i + 1}-0",
+            message_id=f"m{i}",
+            reason="max_retries",
+            dead_lettered_at=long_ago,
+            status=status,
+            status_changed_at=changed,
+        )
+    out = StringIO()
+    call_command("deadletters", "purge", stdout=out, stderr=StringIO())  # 30 days by default
+    assert "Deleted 2 " in out.getvalue()
+    assert sorted(DeadLetter.objects.values_list("message_id", flat=True)) == ["m2", "m3"]
+
+    settings.DEAD_LETTER_RETENTION_DAYS = 0
+    with pytest.raises(CommandError, match="DEAD_LETTER_RETENTION_DAYS"):
+        call_command("deadletters", "purge", stderr=StringIO())
+    call_command("deadletters", "purge", "--older-than", "0s", stdout=out, stderr=StringIO())
+    assert sorted(DeadLetter.objects.values_list("message_id", flat=True)) == ["m3"]
