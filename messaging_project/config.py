@@ -101,6 +101,8 @@ class Config:
     throttle_anon_rate: str | None
     admin_login_failure_rate: str | None
     message_page_max_bytes: int
+    dead_letter_redrive_rate: int
+    dead_letter_retention_days: int
     payload_storage: str
     payload_s3_bucket: str
     enable_benchmark_views: bool
@@ -393,6 +395,11 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         message_page_max_bytes=_int(
             env, "MESSAGE_PAGE_MAX_BYTES", 1024 * 1024, minimum=1024, maximum=256 * 1024 * 1024
         ),
+        # Dead letters requeued or discarded per second by a bulk redrive (SQS caps its
+        # redrive at 500/s by default for the same reason: not to swamp the consumers).
+        dead_letter_redrive_rate=_int(env, "DEAD_LETTER_REDRIVE_RATE", 500, minimum=1, maximum=1_000_000),
+        # Days a requeued or discarded dead letter's row is kept (0: for ever).
+        dead_letter_retention_days=_int(env, "DEAD_LETTER_RETENTION_DAYS", 30, minimum=0, maximum=36_500),
         payload_storage=payload_storage,
         payload_s3_bucket=payload_s3_bucket,
         enable_benchmark_views=_bool(env, "ENABLE_BENCHMARK_VIEWS", False),

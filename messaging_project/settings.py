@@ -210,6 +210,8 @@ METRICS_ALLOWED_NETWORKS = CONFIG.metrics_allowed_networks
 ADMIN_LOGIN_FAILURE_RATE = CONFIG.admin_login_failure_rate
 #: Content bytes one page of a conversation's messages holds, about (at least one message).
 MESSAGE_PAGE_MAX_BYTES = CONFIG.message_page_max_bytes
+DEAD_LETTER_REDRIVE_RATE = CONFIG.dead_letter_redrive_rate
+DEAD_LETTER_RETENTION_DAYS = CONFIG.dead_letter_retention_days
 ENABLE_PROMETHEUS_METRICS = CONFIG.enable_prometheus_metrics
 IDEMPOTENCY_WINDOW_MS = CONFIG.idempotency_window_ms
 #: How long Redis still answers a client key after its message was persisted (the database

@@ -40,6 +40,7 @@ EXPECTED_ALERTS = frozenset(
         "IdempotentHitRatioHigh",
         "WorkersDown",
         "WorkersRestarting",
+        "DeadLetterMirrorStuck",
     }
 )
 EXPECTED_ROWS = [
