@@ -10,7 +10,9 @@ from django.contrib.messages import get_messages
 from django.test import Client
 
 from delivery import services
+from delivery.admin import dead_letter_actions
 from delivery.models import DeadLetter
+from tests.conftest import wait_for
 from tests.delivery.conftest import make_user
 
 LIST = "/admin/delivery/deadletter/"
@@ -94,6 +96,29 @@ def test_everything_matching_the_filter_is_counted_then_requeued_and_nothing_els
     project_broker.join("messages", timeout=10_000)
     statuses = dict(DeadLetter.objects.values_list("pk", "status"))
     assert [statuses[row.pk] for row in rows] == ["requeued", "requeued", "requeued", "dead"]
+
+
+def test_a_match_too_big_for_one_request_is_redriven_in_the_background(
+    dead_letters, project_broker, monkeypatch
+):
+    monkeypatch.setattr(dead_letter_actions, "INLINE_REDRIVE_LIMIT", 2)
+    rows = dead_letters("POISON plum 1", "POISON plum 2", "POISON plum 3", "POISON fig")
+    dead_letters.fix()
+    client = _operator()
+
+    done = client.post("/admin/delivery/deadletter/matching/requeue/?q=plum", {"confirm": "yes"})
+    assert done.status_code == 302
+    [(level, text)] = _messages(done)
+    assert level == "info" and "Requeue of 3 dead letter(s) started in the background" in text
+
+    def statuses() -> list[str]:
+        by_pk = dict(DeadLetter.objects.values_list("pk", "status"))
+        return [by_pk[row.pk] for row in rows]
+
+    wait_for(
+        lambda: statuses() == ["requeued", "requeued", "requeued", "dead"], timeout=30, what="the redrive"
+    )
+    project_broker.join("messages", timeout=10_000)
 
 
 def test_a_discard_is_refused_without_its_confirmation_and_without_the_change_permission(dead_letters):

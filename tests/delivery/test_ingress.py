@@ -447,7 +447,7 @@ def test_too_few_replicas_is_503_and_the_retry_with_the_same_key_is_the_same_mes
     client's retry with its key, once replication is back, answers the one message."""
     master = redis_server("--repl-diskless-sync-delay", "0")
     unconfirmed = RedisStreamsBroker(
-        client=master.client(), namespace="t", min_replicas_ack=1, replicas_ack_timeout_ms=100
+        client=master.client(), namespace="t", min_replicas_ack=1, replicas_ack_timeout_ms=1000
     )
     monkeypatch.setattr(ingest, "get_broker", lambda: unconfirmed)
     body = {"conversation_id": str(conversation.pk), "content": "hi"}
