@@ -217,23 +217,13 @@ def queue_unreachable(error: Exception, message_id: str, conversation_id: str) -
     (``REDIS_MIN_REPLICAS_ACK``), logged: nothing was acknowledged. A retry with the same
     key is safe either way (a message that did reach Redis is answered, not enqueued again)."""
     if isinstance(error, NotReplicated):
-        logger.error(
-            "Enqueue not confirmed by enough replicas (%s)",
-            error,
-            extra={"message_id": message_id, "conversation_id": conversation_id},
-        )
-        return ServiceUnavailable(
-            "the message queue could not confirm the message on its replicas; "
-            "retry with the same Idempotency-Key"
-        )
-    logger.error(
-        "Enqueue failed: Redis unreachable (%s)",
-        error,
-        extra={"message_id": message_id, "conversation_id": conversation_id},
-    )
-    return ServiceUnavailable(
-        "the message queue is unreachable; nothing was accepted, retry with the same Idempotency-Key"
-    )
+        what = "Enqueue not confirmed by enough replicas (%s)"
+        answer = "the message queue could not confirm the message on its replicas"
+    else:
+        what = "Enqueue failed: Redis unreachable (%s)"
+        answer = "the message queue is unreachable; nothing was accepted"
+    logger.error(what, error, extra={"message_id": message_id, "conversation_id": conversation_id})
+    return ServiceUnavailable(f"{answer}; retry with the same Idempotency-Key")
 
 
 def payload_save(conversation_id: str, data: bytes) -> str:
