@@ -25,6 +25,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from delivery import services
+from delivery.admin.dead_letters import DeadLetterAdmin
 from delivery.models import Conversation, DeadLetter, Message
 from delivery.services import IngressItem
 
@@ -138,11 +139,12 @@ def test_a_flood_of_dead_letters_is_mirrored_whole_frees_redis_pages_in_the_admi
         admin_s = time.monotonic() - started
     assert listing.status_code == 200
     assert f"{FLOOD} dead letters".encode() in listing.content
-    assert listing.content.count(b'name="_selected_action"') == 100
+    per_page = DeadLetterAdmin.list_per_page
+    assert listing.content.count(b'name="_selected_action"') == per_page
     reads = [q["sql"] for q in queries.captured_queries if 'FROM "delivery_deadletter"' in q["sql"]]
     assert reads and all(("LIMIT" in q) or ("COUNT(" in q) or ("DISTINCT" in q) for q in reads), reads
-    last_page = admin.get(f"/admin/delivery/deadletter/?p={FLOOD // 100}")
-    assert last_page.status_code == 200 and last_page.content.count(b'name="_selected_action"') == 100
+    last_page = admin.get(f"/admin/delivery/deadletter/?p={FLOOD // per_page}")
+    assert last_page.status_code == 200 and last_page.content.count(b'name="_selected_action"') == per_page
 
     # When the deploy is fixed and every dead letter is requeued
     fix_database()
