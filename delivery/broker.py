@@ -16,9 +16,9 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from brokers import RedisStreamsBroker
-from delivery.outages import Outage
 from delivery.sequences import sequence_floor
 from delivery.worker_middleware import DbConnections
+from messaging_project.outages import Outage
 
 #: The queue the persist actor consumes.
 MESSAGES_QUEUE = "messages"
@@ -35,7 +35,7 @@ KEEPALIVE_PROBES = 3
 HEALTH_CHECK_INTERVAL_S = 30
 
 
-#: Redis as this process sees it (see ``delivery.outages``): after a call got no answer,
+#: Redis as this process sees it (see ``messaging_project.outages``): after a call got no answer,
 #: calls fail at once for a while instead of each waiting out its own timeout.
 REDIS_OUTAGE = Outage(
     "Redis", probe_s=max(settings.REDIS_SOCKET_TIMEOUT_MS, settings.REDIS_CONNECT_TIMEOUT_MS) / 1000
