@@ -14,8 +14,10 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 ## Start the whole service (API on :8000 and workers) on embedded defaults.
+## `serve` owns the shutdown of all it starts: Ctrl-C, or SIGINT/SIGTERM to make or to it.
+PORT ?= 8000
 run: install
-	$(PY) manage.py serve
+	exec $(PY) manage.py serve --port $(PORT)
 
 ## Run the test suite against real PostgreSQL and Redis.
 test: install

@@ -7,10 +7,11 @@ from brokers.broker import RedisStreamsBroker
 from brokers.errors import DeadLetterNotFound, NotReplicated, StreamsBrokerError
 from brokers.keys import partition_for
 from brokers.proxy import StreamMessageProxy
-from brokers.records import DeadLetterEntry, PartitionStats
+from brokers.records import DeadLetterBacklog, DeadLetterEntry, PartitionStats
 from brokers.retries import InPlaceRetries
 
 __all__ = [
+    "DeadLetterBacklog",
     "DeadLetterEntry",
     "DeadLetterNotFound",
     "InPlaceRetries",

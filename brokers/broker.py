@@ -28,7 +28,7 @@ from brokers import metrics
 from brokers.consumer import ConsumerSettings, StreamConsumer
 from brokers.enqueue import Enqueuer, EnqueueSettings
 from brokers.errors import redis_unreachable_as_connection_closed
-from brokers.inspect import Inspector
+from brokers.inspect import DeadLetterRequeue, Inspector
 from brokers.keys import PartitionKeys
 from brokers.leases import LeaseCoordinator
 from brokers.ownership import QueueState
@@ -40,7 +40,7 @@ from brokers.reader import (
     DEFAULT_IDLE_POLL_MAX_MS,
     ReaderSettings,
 )
-from brokers.records import DeadLetterEntry, PartitionStats, StreamEntry
+from brokers.records import DeadLetterBacklog, DeadLetterEntry, PartitionStats, StreamEntry
 from brokers.retries import InPlaceRetries
 from brokers.store import StreamStore
 
@@ -398,6 +398,10 @@ class RedisStreamsBroker(Broker):
         """Delete a partition's dead-letter entries up to id ``up_to`` (kept elsewhere now)."""
         return self.inspector.trim_dead_letters(queue_name, partition, up_to)
 
+    def dead_letter_backlog(self, queue_name: str) -> list[DeadLetterBacklog]:
+        """Entries and the oldest one's age per dead-letter stream, in one round trip."""
+        return self.inspector.dead_letter_backlog(queue_name)
+
     def requeue_dead_letter(
         self,
         queue_name: str,
@@ -411,6 +415,10 @@ class RedisStreamsBroker(Broker):
         return self.inspector.requeue_dead_letter(
             queue_name, partition, dead_letter_id, message=message, seq=seq
         )
+
+    def requeue_dead_letters(self, queue_name: str, dead_letters: list[DeadLetterRequeue]) -> list[str]:
+        """Requeue many dead letters, each with its message and ``seq``, in one round trip."""
+        return self.inspector.requeue_dead_letters(queue_name, dead_letters)
 
     def discard_dead_letter(
         self, queue_name: str, partition: int, dead_letter_id: str, *, message: Message[Any] | None = None

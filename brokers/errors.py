@@ -8,9 +8,19 @@ from contextlib import contextmanager
 import redis
 from dramatiq.errors import BrokerError, ConnectionClosed
 
-#: What redis-py raises when Redis cannot be reached or does not answer in time. The two
-#: are siblings under ``RedisError``: catching one does not catch the other.
-UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+#: What redis-py raises when Redis cannot be reached or does not answer in time (the two
+#: are siblings under ``RedisError``: catching one does not catch the other), and what a
+#: Redis Cluster answers while it fails over: no master for a slot yet (``CLUSTERDOWN``,
+#: ``MASTERDOWN``, a slot not covered), a multi-key step to retry (``TRYAGAIN``), a write
+#: sent to a former master that came back as a replica (``READONLY``). All pass: retry.
+UNREACHABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.ReadOnlyError,
+)
 
 
 class StreamsBrokerError(BrokerError):

@@ -10,8 +10,13 @@ from dramatiq.message import Message
 
 from brokers.errors import DeadLetterNotFound, redis_unreachable_as_connection_closed
 from brokers.keys import where_field
-from brokers.records import DeadLetterEntry, PartitionStats, text
+from brokers.records import DeadLetterBacklog, DeadLetterEntry, PartitionStats, text
+from brokers.scripts import raise_first
 from brokers.store import StreamStore
+
+#: One dead letter to requeue from what the application stored: (partition, dead-letter
+#: entry id, the message, its seq).
+DeadLetterRequeue = tuple[int, str, Message[Any], int | None]
 
 
 class Inspector:
@@ -111,7 +116,32 @@ class Inspector:
         ms, _, seq = up_to.partition("-")
         keep_from = f"{ms}-{int(seq or 0) + 1}"
         with redis_unreachable_as_connection_closed():
-            return int(self.store.client.xtrim(self.store.keys(queue_name, partition).dead, minid=keep_from))
+            # Exact, not "~": an approximate trim keeps up to a node's worth of entries that
+            # the application already has, and a reader would see them again.
+            return int(
+                self.store.client.xtrim(
+                    self.store.keys(queue_name, partition).dead, minid=keep_from, approximate=False
+                )
+            )
+
+    def dead_letter_backlog(self, queue_name: str) -> list[DeadLetterBacklog]:
+        """Per partition, the entries in the dead-letter stream and the age of the oldest,
+        in one round trip (once an application trims what it stored, what it has still to
+        read)."""
+        with redis_unreachable_as_connection_closed():
+            pipe = self.store.client.pipeline(transaction=False)
+            for partition in range(self.partitions):
+                dead = self.store.keys(queue_name, partition).dead
+                pipe.xlen(dead)
+                pipe.xrange(dead, count=1)
+            replies = pipe.execute()
+        now_ms = int(time.time() * 1000)
+        backlog = []
+        for partition in range(self.partitions):
+            length, first = replies[2 * partition], replies[2 * partition + 1]
+            oldest_ms = int(text(first[0][0]).split("-")[0]) if first else now_ms
+            backlog.append(DeadLetterBacklog(queue_name, partition, int(length), max(0, now_ms - oldest_ms)))
+        return backlog
 
     def requeue_dead_letter(
         self,
@@ -151,6 +181,22 @@ class Inspector:
         if not new_id:
             raise DeadLetterNotFound(f"{queue_name}/{partition}/{dead_letter_id}")
         return text(new_id)
+
+    def requeue_dead_letters(self, queue_name: str, dead_letters: list[DeadLetterRequeue]) -> list[str]:
+        """:meth:`requeue_dead_letter` for many dead letters whose message the caller
+        has, in one round trip (one per node on a cluster); the new stream ids, in order.
+        Safe to repeat as one call is."""
+        script = self.store.script("requeue")
+        calls = []
+        for partition, dead_letter_id, message, seq in dead_letters:
+            keys = self.store.keys(queue_name, partition)
+            located = where_field(message.message_id) if message.options.get("locate") else b""
+            args = [dead_letter_id, message.encode(), "" if seq is None else seq, located]
+            calls.append((script, [keys.stream, keys.dead, keys.where], args))
+        with redis_unreachable_as_connection_closed():
+            replies = self.store.runner.run(calls)
+        raise_first(replies)
+        return [text(r) for r in replies]
 
     def discard_dead_letter(
         self, queue_name: str, partition: int, dead_letter_id: str, *, message: Message[Any] | None = None

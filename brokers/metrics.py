@@ -81,6 +81,9 @@ class PartitionMetrics:
         self.succeeded = CONSUMER_PROCESSED.labels(label, "success")
         self.retried = CONSUMER_PROCESSED.labels(label, "retry")
         self.duration = CONSUMER_PROCESSING_DURATION.labels(label)
+        # Exported at 0 from the partition's first hand-out: the dashboard's rate() of it has a
+        # series before the look-ahead is ever full.
+        self.lookahead_full = LOOKAHEAD_FULL.labels(label)
         self._dequeued: dict[str, Any] = {}
 
     def dequeued(self, queue_name: str) -> Any:

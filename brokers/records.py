@@ -122,6 +122,18 @@ class PartitionStats:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetterBacklog:
+    """What one partition's dead-letter stream holds."""
+
+    queue_name: str
+    partition: int
+    #: Entries in the dead-letter stream.
+    length: int
+    #: Age of the oldest of them, in milliseconds (0 when the stream is empty).
+    oldest_age_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetterEntry:
     """One entry of a partition's dead-letter stream."""
 

@@ -5,6 +5,7 @@ a slot that moved) run again alone through the client that follows; and, when as
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -131,9 +132,16 @@ class ScriptRunner:
         cluster = cast(RedisCluster, self.client)
         results: list[Any] = [None] * len(calls)
         for node, indexes in self._by_node(calls).values():
-            replies = self._pipelined(
-                cluster.get_redis_connection(node), [calls[i] for i in indexes], wait=True
-            )
+            try:
+                replies = self._pipelined(
+                    cluster.get_redis_connection(node), [calls[i] for i in indexes], wait=True
+                )
+            except UNREACHABLE:
+                # The node failed over (or is failing over): learn the new map for the
+                # caller's retry, which the idempotency key makes safe, then fail this one.
+                with contextlib.suppress(*UNREACHABLE, redis.exceptions.RedisClusterException):
+                    cluster.nodes_manager.initialize()
+                raise
             for i, reply in zip(indexes, replies, strict=True):
                 results[i] = reply
         return results

@@ -12,12 +12,13 @@ import dramatiq
 import redis
 from django.conf import settings
 from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from brokers import RedisStreamsBroker
-from delivery.outages import Outage
 from delivery.sequences import sequence_floor
 from delivery.worker_middleware import DbConnections
+from messaging_project.outages import Outage
 
 #: The queue the persist actor consumes.
 MESSAGES_QUEUE = "messages"
@@ -34,7 +35,7 @@ KEEPALIVE_PROBES = 3
 HEALTH_CHECK_INTERVAL_S = 30
 
 
-#: Redis as this process sees it (see ``delivery.outages``): after a call got no answer,
+#: Redis as this process sees it (see ``messaging_project.outages``): after a call got no answer,
 #: calls fail at once for a while instead of each waiting out its own timeout.
 REDIS_OUTAGE = Outage(
     "Redis", probe_s=max(settings.REDIS_SOCKET_TIMEOUT_MS, settings.REDIS_CONNECT_TIMEOUT_MS) / 1000
@@ -74,7 +75,7 @@ def _fail_fast() -> None:
         raise redis.ConnectionError(reason)
 
 
-def redis_client() -> redis.Redis:
+def redis_client() -> redis.Redis | RedisCluster:
     """A Redis client for ``REDIS_URL`` that gives up in bounded time.
 
     A call that gets no answer within ``REDIS_SOCKET_TIMEOUT_MS`` (a partition, a hung
@@ -99,6 +100,11 @@ def redis_client() -> redis.Redis:
             socket.TCP_KEEPINTVL: 1,
             socket.TCP_KEEPCNT: KEEPALIVE_PROBES,
         }
+    if settings.REDIS_CLUSTER:
+        # Any one node is the seed; the client learns the rest. A failover (a master gone,
+        # its replica promoted) costs a few refused calls and a fresh slot map.
+        options.pop("health_check_interval")
+        return RedisCluster.from_url(settings.REDIS_URL, **options)
     return redis.Redis.from_url(settings.REDIS_URL, **options)
 
 
@@ -112,6 +118,9 @@ def get_broker() -> RedisStreamsBroker:
         poll_interval_ms=settings.STREAM_POLL_INTERVAL_MS,
         fetch_count=max(10, settings.STREAM_BATCH_SIZE),
         idempotency_grace_ms=settings.IDEMPOTENCY_GRACE_MS,
+        min_replicas_ack=settings.REDIS_MIN_REPLICAS_ACK,
+        # WAIT answers within this, well inside the socket timeout that bounds the call.
+        replicas_ack_timeout_ms=max(10, settings.REDIS_SOCKET_TIMEOUT_MS // 2),
         sequence_floor=sequence_floor,
     )
     broker.add_middleware(DbConnections())

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from collections.abc import Callable, Iterable, Iterator
 
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from brokers import DeadLetterBacklog, RedisStreamsBroker
 from brokers.metrics import DURATION_BUCKETS_MS
 
 #: Ingress answers in milliseconds are small; finer buckets at the low end.
@@ -39,3 +44,44 @@ def observe_ingress(status: str, elapsed_ms: float) -> None:
     if series is None:
         series = _INGRESS_BY_STATUS[status] = INGRESS_DURATION.labels(status)
     series.observe(elapsed_ms)  # type: ignore[attr-defined]
+
+
+class DeadLetterMirrorCollector(Collector):
+    """Reports, at scrape time, the dead letters the database mirror has still to copy.
+
+    The mirror trims what it stored, so every entry left in a dead-letter stream waits
+    for it: their number and the age of the oldest are the mirror's lag. A stuck mirror
+    (workers' supervisor down, database refusing it) shows as an age that only grows.
+    One Redis round trip per queue and scrape.
+    """
+
+    def __init__(self, backlog: Callable[[], Iterable[DeadLetterBacklog]]) -> None:
+        self._backlog = backlog
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        waiting = GaugeMetricFamily(
+            "delivery_dead_letters_unmirrored",
+            "Dead letters in a dead-letter stream, not yet in the DeadLetter table.",
+            labels=["queue", "partition"],
+        )
+        age = GaugeMetricFamily(
+            "delivery_dead_letter_mirror_lag_ms",
+            "Age of the oldest dead letter not yet in the DeadLetter table, in milliseconds (0: none).",
+            labels=["queue", "partition"],
+        )
+        for backlog in self._backlog():
+            labels = [backlog.queue_name, str(backlog.partition)]
+            waiting.add_metric(labels, backlog.length)
+            age.add_metric(labels, backlog.oldest_age_ms)
+        yield waiting
+        yield age
+
+
+def dead_letter_mirror_collector(
+    broker: RedisStreamsBroker, queue_names: Callable[[], Iterable[str]]
+) -> DeadLetterMirrorCollector:
+    """The :class:`DeadLetterMirrorCollector` of ``broker``'s queues (``queue_names()``,
+    asked at each scrape)."""
+    return DeadLetterMirrorCollector(
+        lambda: [b for q in sorted(queue_names()) for b in broker.dead_letter_backlog(q)]
+    )

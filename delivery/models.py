@@ -181,6 +181,9 @@ class DeadLetter(models.Model):
     correlation_id = models.CharField(max_length=100, blank=True, default="")
     seq = models.BigIntegerField(null=True, blank=True)
     envelope = models.JSONField(default=dict)
+    #: The message as the broker encoded it (id, actor, options): with ``seq``, all that a
+    #: requeue or a discard needs once the dead-letter stream entry is trimmed.
+    message_data = models.BinaryField(default=b"", editable=False)
     reason = models.CharField(max_length=50)
     error = models.TextField(blank=True, default="")
     traceback = models.TextField(blank=True, default="")
@@ -199,7 +202,12 @@ class DeadLetter(models.Model):
                 fields=["queue", "partition", "dead_letter_id"], name="deadletter_unique_stream_entry"
             ),
         ]
-        indexes = [models.Index(fields=["status", "reason"])]
+        indexes = [
+            models.Index(fields=["status", "reason"]),
+            # The admin's newest-first pages and the retention sweep, at 100,000s of rows.
+            models.Index(fields=["-dead_lettered_at", "-id"], name="deadletter_newest_first"),
+            models.Index(fields=["status", "status_changed_at"], name="deadletter_status_changed"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.queue}/{self.partition}/{self.dead_letter_id}"

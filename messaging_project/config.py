@@ -80,6 +80,8 @@ class Config:
     redis_url: str
     redis_socket_timeout_ms: int
     redis_connect_timeout_ms: int
+    redis_cluster: bool
+    redis_min_replicas_ack: int
     stream_namespace: str
     stream_partitions: int
     stream_max_retries: int
@@ -99,6 +101,8 @@ class Config:
     throttle_anon_rate: str | None
     admin_login_failure_rate: str | None
     message_page_max_bytes: int
+    dead_letter_redrive_rate: int
+    dead_letter_retention_days: int
     payload_storage: str
     payload_s3_bucket: str
     enable_benchmark_views: bool
@@ -279,6 +283,20 @@ def _networks(env: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(networks)
 
 
+def _cluster_url(url: str, cluster: bool) -> str:
+    """In cluster mode ``REDIS_URL`` names any one node, database 0 (a cluster has no other)."""
+    if not cluster:
+        return url
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        raise ConfigError(
+            "REDIS_URL", url, "a redis:// or rediss:// URL of any cluster node (REDIS_CLUSTER is on)"
+        )
+    if parts.path.strip("/") not in {"", "0"}:
+        raise ConfigError("REDIS_URL", url, "database 0 or none: a Redis Cluster has only database 0")
+    return url
+
+
 def _redis_socket_timeout_ms(env: Mapping[str, str], poll_interval_ms: int) -> int:
     """``REDIS_SOCKET_TIMEOUT_MS``: longer than the consumer's longest blocking read
     (``STREAM_POLL_INTERVAL_MS``, at most Dramatiq's worker timeout) by a margin, or an idle
@@ -332,6 +350,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
             "DATABASE_STATEMENT_TIMEOUT_MS", str(statement_timeout_ms), "0 (off) or at least 100"
         )
     database_url = _database_url(env)
+    cluster = _bool(env, "REDIS_CLUSTER", False)
     return Config(
         debug=debug,
         secret_key=_secret_key(env, debug=debug, quick_start=not env.get("DATABASE_URL", "").strip()),
@@ -347,7 +366,10 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         # libpq counts whole seconds and waits at least 2.
         database_connect_timeout_s=_int(env, "DATABASE_CONNECT_TIMEOUT_S", 2, minimum=2, maximum=600),
         database_statement_timeout_ms=statement_timeout_ms,
-        redis_url=_redis_url(env),
+        redis_url=_cluster_url(_redis_url(env), cluster),
+        redis_cluster=cluster,
+        # WAIT for this many replicas after each enqueue (0: replication stays asynchronous).
+        redis_min_replicas_ack=_int(env, "REDIS_MIN_REPLICAS_ACK", 0, minimum=0, maximum=16),
         redis_socket_timeout_ms=_redis_socket_timeout_ms(env, poll_interval_ms),
         redis_connect_timeout_ms=_int(env, "REDIS_CONNECT_TIMEOUT_MS", 2000, minimum=100, maximum=600_000),
         stream_namespace=namespace,
@@ -373,6 +395,11 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         message_page_max_bytes=_int(
             env, "MESSAGE_PAGE_MAX_BYTES", 1024 * 1024, minimum=1024, maximum=256 * 1024 * 1024
         ),
+        # Dead letters requeued or discarded per second by a bulk redrive (SQS caps its
+        # redrive at 500/s by default for the same reason: not to swamp the consumers).
+        dead_letter_redrive_rate=_int(env, "DEAD_LETTER_REDRIVE_RATE", 500, minimum=1, maximum=1_000_000),
+        # Days a requeued or discarded dead letter's row is kept (0: for ever).
+        dead_letter_retention_days=_int(env, "DEAD_LETTER_RETENTION_DAYS", 30, minimum=0, maximum=36_500),
         payload_storage=payload_storage,
         payload_s3_bucket=payload_s3_bucket,
         enable_benchmark_views=_bool(env, "ENABLE_BENCHMARK_VIEWS", False),

@@ -20,6 +20,11 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 #: Sync workers: keep-alive connections do not pile onto one worker (see docs/benchmarks.md).
 worker_class = "sync"
 
+#: No control socket (gunicorn >= 25.1): its default is one path per user
+#: (``~/.gunicorn/gunicorn.ctl``) that two instances on one machine fight over, and nothing
+#: here uses ``gunicornc``; the service is stopped and resized by signals.
+control_socket_disable = True
+
 #: Gunicorn's own logs as one JSON object per line, like the application's.
 logconfig_dict = {
     "version": 1,

@@ -41,6 +41,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    # Swagger UI's JavaScript and CSS, served as static files (no CDN: the docs work offline).
+    "drf_spectacular_sidecar",
     "delivery",
     # Tooling, not the domain: ``manage.py benchmark`` and its baseline view.
     "benchmarks",
@@ -176,6 +178,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Durable, ordered, idempotent chat message delivery.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Delivery backbone -------------------------------------------------------------------
@@ -185,6 +190,10 @@ DATABASE_STATEMENT_TIMEOUT_MS = CONFIG.database_statement_timeout_ms
 REDIS_URL = CONFIG.redis_url
 REDIS_SOCKET_TIMEOUT_MS = CONFIG.redis_socket_timeout_ms
 REDIS_CONNECT_TIMEOUT_MS = CONFIG.redis_connect_timeout_ms
+#: ``REDIS_URL`` names one node of a Redis Cluster: every Redis user builds a cluster client.
+REDIS_CLUSTER = CONFIG.redis_cluster
+#: Replicas that must confirm each enqueue (``WAIT``) before ingress acknowledges it.
+REDIS_MIN_REPLICAS_ACK = CONFIG.redis_min_replicas_ack
 #: Dramatiq's worker timeout (``runworkers``): REDIS_SOCKET_TIMEOUT_MS is validated against it.
 WORKER_TIMEOUT_MS = WORKER_TIMEOUT_MS
 STREAM_NAMESPACE = CONFIG.stream_namespace
@@ -201,6 +210,8 @@ METRICS_ALLOWED_NETWORKS = CONFIG.metrics_allowed_networks
 ADMIN_LOGIN_FAILURE_RATE = CONFIG.admin_login_failure_rate
 #: Content bytes one page of a conversation's messages holds, about (at least one message).
 MESSAGE_PAGE_MAX_BYTES = CONFIG.message_page_max_bytes
+DEAD_LETTER_REDRIVE_RATE = CONFIG.dead_letter_redrive_rate
+DEAD_LETTER_RETENTION_DAYS = CONFIG.dead_letter_retention_days
 ENABLE_PROMETHEUS_METRICS = CONFIG.enable_prometheus_metrics
 IDEMPOTENCY_WINDOW_MS = CONFIG.idempotency_window_ms
 #: How long Redis still answers a client key after its message was persisted (the database

@@ -44,6 +44,11 @@ PROJECT_METRICS = frozenset(
         "stream_partition_undelivered",
         "stream_partition_oldest_pending_age_ms",
         "stream_dead_letters",
+        "stream_partition_blocked_keys",
+        "stream_partition_lookahead",
+        "stream_lookahead_full_total",
+        "delivery_dead_letter_mirror_lag_ms",
+        "delivery_dead_letters_unmirrored",
     }
 )
 

@@ -65,12 +65,30 @@ def test_redis_parts_compose_a_url_as_the_seed_names_them() -> None:
         ("DJANGO_SECURE_HSTS_SECONDS", "-1"),
         ("DJANGO_CSRF_TRUSTED_ORIGINS", "chat.example.com"),
         ("MESSAGE_PAGE_MAX_BYTES", "10"),
+        ("REDIS_CLUSTER", "sometimes"),
+        ("REDIS_MIN_REPLICAS_ACK", "-1"),
+        ("REDIS_MIN_REPLICAS_ACK", "all"),
     ],
 )
 def test_a_bad_value_is_refused_with_the_variable_named(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name) as raised:
         load_config({name: value})
     assert raised.value.name == name
+
+
+def test_cluster_mode_takes_any_node_at_database_0_and_waits_for_replicas_only_when_asked() -> None:
+    assert (load_config({}).redis_cluster, load_config({}).redis_min_replicas_ack) == (False, 0)
+    config = load_config(
+        {"REDIS_URL": "redis://node-2:7001", "REDIS_CLUSTER": "yes", "REDIS_MIN_REPLICAS_ACK": "1"}
+    )
+    assert (config.redis_url, config.redis_cluster, config.redis_min_replicas_ack) == (
+        "redis://node-2:7001",
+        True,
+        1,
+    )
+    for url in ("redis://node-2:7001/3", "unix:///run/redis.sock"):
+        with pytest.raises(ConfigError, match="REDIS_URL"):
+            load_config({"REDIS_URL": url, "REDIS_CLUSTER": "true"})
 
 
 def test_s3_payloads_need_a_bucket() -> None:

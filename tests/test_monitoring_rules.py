@@ -40,6 +40,7 @@ EXPECTED_ALERTS = frozenset(
         "IdempotentHitRatioHigh",
         "WorkersDown",
         "WorkersRestarting",
+        "DeadLetterMirrorStuck",
     }
 )
 EXPECTED_ROWS = [
@@ -49,7 +50,13 @@ EXPECTED_ROWS = [
     "Consumer Health",
     "Ingress & Persistence",
     "Summary Stats",
+    "Per-Key Order",
 ]
+#: The seed's 14 panels (SPEC section 8), then ours for per-key order.
+SEED_PANELS = 14
+PER_KEY_PANELS = frozenset(
+    {"Blocked Conversations", "Look-Ahead", "Look-Ahead Full", "Crashed-Worker Dead Letters"}
+)
 
 
 def _promtool() -> str:
@@ -73,7 +80,7 @@ def _run_promtool(*args: str) -> None:
 
 
 def _github_anchor(heading: str) -> str:
-    slug = heading.strip().lower()
+    slug = heading.strip().lower().replace("`", "")
     slug = re.sub(r"[^\w\- ]", "", slug)
     return slug.replace(" ", "-")
 
@@ -127,7 +134,8 @@ def test_dashboard_layout() -> None:
     others = [panel for panel in panels if panel["type"] != "row"]
 
     assert [row["title"] for row in rows] == EXPECTED_ROWS
-    assert len(others) == 14
+    assert len(others) == SEED_PANELS + len(PER_KEY_PANELS)
+    assert {panel["title"] for panel in others[SEED_PANELS:]} == PER_KEY_PANELS
     assert {panel["type"] for panel in others} <= {"timeseries", "stat"}
     assert len({panel["id"] for panel in panels}) == len(panels), "panel ids must be unique"
     for panel in others:
@@ -214,13 +222,26 @@ def test_alerts_use_only_spec_metrics() -> None:
 # ----------------------------------------------------------------------------- runbooks
 
 
+def _runbook_sections() -> dict[str, str]:
+    """docs/runbooks.md by section: anchor -> the section's text (up to the next heading of
+    the same or a higher level)."""
+    text = RUNBOOKS.read_text(encoding="utf-8")
+    headings = list(re.finditer(r"^(#{1,6})\s+(.+?)\s*$", text, flags=re.MULTILINE))
+    sections = {}
+    for i, heading in enumerate(headings):
+        level = len(heading.group(1))
+        end = next((h.start() for h in headings[i + 1 :] if len(h.group(1)) <= level), len(text))
+        sections[_github_anchor(heading.group(2))] = text[heading.start() : end]
+    return sections
+
+
 def test_alerts_are_annotated_and_point_at_existing_runbook_sections() -> None:
-    headings = re.findall(r"^#{1,6}\s+(.+?)\s*$", RUNBOOKS.read_text(encoding="utf-8"), flags=re.MULTILINE)
-    anchors = {_github_anchor(heading) for heading in headings}
+    sections = _runbook_sections()
     for rule in alert_rules():
         annotations = rule.get("annotations", {})
         assert {"summary", "description", "runbook_url"} <= set(annotations), rule["alert"]
         assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
         path, _, anchor = annotations["runbook_url"].partition("#")
         assert path == "docs/runbooks.md", rule["alert"]
-        assert anchor in anchors, f"{rule['alert']}: no heading for #{anchor} in {sorted(anchors)}"
+        assert anchor in sections, f"{rule['alert']}: no heading for #{anchor} in {sorted(sections)}"
+        assert f"`{rule['alert']}`" in sections[anchor], f"#{anchor} does not name {rule['alert']}"

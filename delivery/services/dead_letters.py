@@ -1,89 +1,32 @@
-"""Writes of dead letters: the database mirror of the broker's dead-letter streams, and
-the requeue and discard that the admin and ``manage.py deadletters`` offer."""
+"""Requeue and discard of one dead letter, as the admin and ``manage.py deadletters`` offer.
+
+The ``DeadLetter`` row is the source of truth: it keeps the message as the broker encoded
+it (``message_data``) and its ``seq``, so a requeue or a discard works the same whether or
+not the dead-letter stream still holds the entry (the mirror trims what it stored; see
+``delivery.services.dead_letter_mirror``). The Redis step comes first and is safe to repeat;
+the row's status changes after it, so a crash in between leaves the row ``dead`` and the
+next requeue or discard finishes the job.
+"""
 
 from __future__ import annotations
 
 import logging
-import time
-from datetime import UTC, datetime
+from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth.models import User
 from django.utils import timezone
+from dramatiq import Message as DramatiqMessage
 from dramatiq.errors import BrokerConnectionError
 
-from brokers import DeadLetterEntry, DeadLetterNotFound
-from delivery.broker import MESSAGES_QUEUE, get_broker
+from brokers import DeadLetterNotFound, RedisStreamsBroker
+from delivery.broker import get_broker
 from delivery.errors import ServiceUnavailable
 from delivery.models import DeadLetter, DeadLetterStatus, Message
 
 logger = logging.getLogger(__name__)
-
-
-def dead_letters_mirror() -> int:
-    """Copy new entries of the broker's dead-letter streams into ``DeadLetter`` rows.
-
-    Idempotent on the dead-letter stream entry id, so a crash mid-mirror duplicates
-    nothing. Returns the number of new rows.
-    """
-    broker = get_broker()
-    created = 0
-    for queue_name in sorted(broker.get_declared_queues() | {MESSAGES_QUEUE}):
-        entries = broker.dead_letters(queue_name)
-        if not entries:
-            continue
-        known = set(
-            DeadLetter.objects.filter(
-                queue=queue_name, dead_letter_id__in=[e.dead_letter_id for e in entries]
-            ).values_list("partition", "dead_letter_id")
-        )
-        rows = [_row(queue_name, e) for e in entries if (e.partition, e.dead_letter_id) not in known]
-        if rows:
-            DeadLetter.objects.bulk_create(rows, ignore_conflicts=True)
-            created += len(rows)
-    return created
-
-
-def _row(queue_name: str, entry: DeadLetterEntry) -> DeadLetter:
-    """The ``DeadLetter`` row of one dead-letter stream entry."""
-    envelope: dict[str, Any] = {}
-    message_id = ""
-    actor_name = ""
-    if entry.message is not None:
-        message_id = entry.message.message_id
-        actor_name = entry.message.actor_name
-        first = entry.message.args[0] if entry.message.args else None
-        envelope = (
-            {
-                "args": list(entry.message.args),
-                "kwargs": entry.message.kwargs,
-                "options": entry.message.options,
-            }
-            if not isinstance(first, dict)
-            else dict(first)
-        )
-    else:
-        envelope = {"raw": entry.raw_message.decode("utf-8", "replace")}
-    dead_lettered_ms = entry.dead_lettered_at_ms or int(time.time() * 1000)
-    return DeadLetter(
-        queue=queue_name,
-        partition=entry.partition,
-        dead_letter_id=entry.dead_letter_id,
-        stream_id=entry.stream_id,
-        message_id=message_id,
-        actor_name=actor_name,
-        conversation_id=str(envelope.get("conversation_id", "")),
-        correlation_id=str(envelope.get("correlation_id", "")),
-        seq=entry.seq,
-        envelope=envelope,
-        reason=entry.reason,
-        error=entry.error,
-        traceback=entry.traceback,
-        attempts=entry.attempts,
-        dead_lettered_at=datetime.fromtimestamp(dead_lettered_ms / 1000, UTC),
-    )
 
 
 def dead_letter_requeue(*, dead_letter: DeadLetter, user: User | None) -> bool:
@@ -97,29 +40,13 @@ def dead_letter_requeue(*, dead_letter: DeadLetter, user: User | None) -> bool:
     """
     if dead_letter.status != DeadLetterStatus.DEAD:
         return False
-    message_uuid = _uuid_or_none(dead_letter.message_id)
-    broker = get_broker()
     try:
-        if message_uuid is not None and Message.objects.filter(pk=message_uuid).exists():
-            requeued = False
-            broker.discard_dead_letter(dead_letter.queue, dead_letter.partition, dead_letter.dead_letter_id)
-        else:
-            requeued = True
-            try:
-                broker.requeue_dead_letter(
-                    dead_letter.queue, dead_letter.partition, dead_letter.dead_letter_id
-                )
-            except DeadLetterNotFound:
-                # Requeued or discarded elsewhere already: record it as done.
-                logger.info(
-                    "Dead letter %s was no longer in its stream; recorded as requeued",
-                    dead_letter,
-                    extra={"message_id": dead_letter.message_id, "partition": dead_letter.partition},
-                )
+        persisted = bool(persisted_message_ids([dead_letter]))
+        requeued = redis_requeue(get_broker(), dead_letter, persisted=persisted)
     except BrokerConnectionError as error:
         raise ServiceUnavailable(f"Redis unreachable: {error}") from None
     _set_status(dead_letter, DeadLetterStatus.REQUEUED, user)
-    _log_admin_action(dead_letter, user, "Requeued" if requeued else "Requeue skipped: already persisted")
+    log_admin_actions([dead_letter], user, "Requeued" if requeued else "Requeue skipped: already persisted")
     return requeued
 
 
@@ -132,12 +59,89 @@ def dead_letter_discard(*, dead_letter: DeadLetter, user: User | None) -> bool:
     if dead_letter.status != DeadLetterStatus.DEAD:
         return False
     try:
-        get_broker().discard_dead_letter(dead_letter.queue, dead_letter.partition, dead_letter.dead_letter_id)
+        redis_discard(get_broker(), dead_letter)
     except BrokerConnectionError as error:
         raise ServiceUnavailable(f"Redis unreachable: {error}") from None
     _set_status(dead_letter, DeadLetterStatus.DISCARDED, user)
-    _log_admin_action(dead_letter, user, "Discarded")
+    log_admin_actions([dead_letter], user, "Discarded")
     return True
+
+
+def redis_requeue(broker: RedisStreamsBroker, dead_letter: DeadLetter, *, persisted: bool) -> bool:
+    """The Redis half of a requeue (safe to repeat): back at the tail of its partition with
+    its ``seq``, or, when it is ``persisted`` already, only its leftovers deleted.
+    Returns whether the message was requeued."""
+    message = stored_message(dead_letter)
+    if persisted:
+        broker.discard_dead_letter(
+            dead_letter.queue, dead_letter.partition, dead_letter.dead_letter_id, message=message
+        )
+        return False
+    try:
+        broker.requeue_dead_letter(
+            dead_letter.queue,
+            dead_letter.partition,
+            dead_letter.dead_letter_id,
+            message=message,
+            seq=dead_letter.seq if message is not None else None,
+        )
+    except DeadLetterNotFound:
+        # Neither the row nor the stream has the message: undecodable, and trimmed already.
+        logger.error(
+            "Dead letter %s cannot be requeued: its message is not readable; recorded as requeued",
+            dead_letter,
+            extra={"message_id": dead_letter.message_id, "partition": dead_letter.partition},
+        )
+    return True
+
+
+def redis_discard(broker: RedisStreamsBroker, dead_letter: DeadLetter) -> None:
+    """The Redis half of a discard (safe to repeat): the entry, if still there, the
+    message's idempotency record and its place in the "where" hash."""
+    broker.discard_dead_letter(
+        dead_letter.queue,
+        dead_letter.partition,
+        dead_letter.dead_letter_id,
+        message=stored_message(dead_letter),
+    )
+
+
+def stored_message(dead_letter: DeadLetter) -> DramatiqMessage[Any] | None:
+    """The message as the broker encoded it, from the row (None when the row predates
+    ``message_data``, or the entry was not a decodable message)."""
+    data = bytes(dead_letter.message_data or b"")
+    if not data:
+        return None
+    try:
+        return DramatiqMessage.decode(data)
+    except Exception:  # the broker dead-letters undecodable entries too: kept raw
+        return None
+
+
+def persisted_message_ids(dead_letters: Iterable[DeadLetter]) -> set[str]:
+    """Message ids of these dead letters whose message is persisted already."""
+    ids = {u for u in (_uuid_or_none(d.message_id) for d in dead_letters) if u is not None}
+    if not ids:
+        return set()
+    return {str(pk) for pk in Message.objects.filter(pk__in=ids).values_list("pk", flat=True)}
+
+
+def log_admin_actions(dead_letters: list[DeadLetter], user: User | None, action: str) -> None:
+    """Record who did what in the admin's history (only for a real user)."""
+    if user is None or not user.pk or not dead_letters:
+        return
+    if len(dead_letters) == 1:
+        LogEntry.objects.log_actions(
+            user_id=user.pk,
+            queryset=dead_letters,
+            action_flag=CHANGE,
+            change_message=action,
+            single_object=True,
+        )
+    else:  # one INSERT for the page
+        LogEntry.objects.log_actions(
+            user_id=user.pk, queryset=dead_letters, action_flag=CHANGE, change_message=action
+        )
 
 
 def _set_status(dead_letter: DeadLetter, status: str, user: User | None) -> None:
@@ -145,14 +149,6 @@ def _set_status(dead_letter: DeadLetter, status: str, user: User | None) -> None
     dead_letter.status_changed_by = user if user is not None and user.pk else None
     dead_letter.status_changed_at = timezone.now()
     dead_letter.save(update_fields=["status", "status_changed_by", "status_changed_at"])
-
-
-def _log_admin_action(dead_letter: DeadLetter, user: User | None, action: str) -> None:
-    if user is None or not user.pk:
-        return
-    LogEntry.objects.log_actions(
-        user_id=user.pk, queryset=[dead_letter], action_flag=CHANGE, change_message=action, single_object=True
-    )
 
 
 def _uuid_or_none(value: str) -> UUID | None:

@@ -17,7 +17,7 @@ from django.core.files.storage import storages
 from django.db import InterfaceError, OperationalError, connection
 from dramatiq.errors import BrokerConnectionError
 
-from brokers import partition_for
+from brokers import NotReplicated, partition_for
 from delivery import metrics, sql
 from delivery.broker import MESSAGES_QUEUE, PERSIST_ACTOR, get_broker
 from delivery.errors import IdempotencyKeyReused, NotFound, PayloadTooLarge, ServiceUnavailable
@@ -116,7 +116,7 @@ def _ingest(
     prepared = prepare(sender, item, key, correlation_id)
     try:
         sent = get_broker().enqueue(prepared.message)
-    except BrokerConnectionError as error:
+    except (BrokerConnectionError, NotReplicated) as error:
         raise queue_unreachable(error, prepared.message.message_id, conversation_id) from None
     return answer(prepared, sent, correlation_id)
 
@@ -213,13 +213,17 @@ def answer(prepared: Prepared, sent: dramatiq.Message[Any], correlation_id: str)
 
 
 def queue_unreachable(error: Exception, message_id: str, conversation_id: str) -> ServiceUnavailable:
-    """The answer when Redis cannot be reached (logged): nothing was accepted."""
-    logger.error(
-        "Enqueue failed: Redis unreachable (%s)",
-        error,
-        extra={"message_id": message_id, "conversation_id": conversation_id},
-    )
-    return ServiceUnavailable("the message queue is unreachable; nothing was accepted, retry later")
+    """The answer when Redis cannot be reached, or too few replicas confirmed the enqueue
+    (``REDIS_MIN_REPLICAS_ACK``), logged: nothing was acknowledged. A retry with the same
+    key is safe either way (a message that did reach Redis is answered, not enqueued again)."""
+    if isinstance(error, NotReplicated):
+        what = "Enqueue not confirmed by enough replicas (%s)"
+        answer = "the message queue could not confirm the message on its replicas"
+    else:
+        what = "Enqueue failed: Redis unreachable (%s)"
+        answer = "the message queue is unreachable; nothing was accepted"
+    logger.error(what, error, extra={"message_id": message_id, "conversation_id": conversation_id})
+    return ServiceUnavailable(f"{answer}; retry with the same Idempotency-Key")
 
 
 def payload_save(conversation_id: str, data: bytes) -> str:

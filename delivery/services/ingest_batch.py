@@ -16,6 +16,7 @@ from django.contrib.auth.models import User
 from django.db import connection
 from dramatiq.errors import BrokerConnectionError
 
+from brokers import NotReplicated
 from delivery import metrics, sql
 from delivery.broker import get_broker
 from delivery.errors import ApplicationError, NotFound
@@ -54,7 +55,7 @@ def messages_ingest(*, sender: User, items: list[IngressItem], correlation_id: s
     if prepared:
         try:
             sent = get_broker().enqueue_many([p.message for p in prepared.values()])
-        except BrokerConnectionError as error:
+        except (BrokerConnectionError, NotReplicated) as error:
             first = next(iter(prepared.values()))
             unreachable = queue_unreachable(error, first.message.message_id, first.item.conversation_id)
             sent = []

@@ -9,7 +9,7 @@ name; 0 or absent: no limit), drops itself, since its state is unknown, and rais
 :class:`DatabaseUnanswered`, an ``OperationalError`` like any other loss of the database.
 
 After such a timeout (or a connection attempt that timed out), the process's calls fail
-at once for a second (:data:`DATABASE_OUTAGE`, see ``delivery.outages``) instead of each
+at once for a second (:data:`DATABASE_OUTAGE`, see ``messaging_project.outages``) instead of each
 waiting out its own timeout.
 """
 
@@ -25,7 +25,7 @@ from django.db.backends.postgresql import base
 from psycopg import errors
 from psycopg.abc import PQGen
 
-from delivery.outages import Outage
+from messaging_project.outages import Outage
 
 #: The ``OPTIONS`` key (not a libpq parameter) of the deadline, in milliseconds.
 ANSWER_TIMEOUT_OPTION = "answer_timeout_ms"

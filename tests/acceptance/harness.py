@@ -109,6 +109,8 @@ class Ack:
     conversation_id: str
     seq: int
     content: str
+    #: ``time.monotonic()`` when the acknowledgement arrived.
+    acknowledged_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass

@@ -37,6 +37,7 @@ SMOKE = {
     ],
     "peers": ["--messages", "200", "--rounds", "1", "--threads", "4"],
     "hol": ["--messages", "10", "--rounds", "1", "--threads", "4", "--fail-seconds", "2"],
+    "cluster": ["--messages", "300", "--rounds", "1", "--threads", "4"],
 }
 
 EXPECTED_KEYS = {
@@ -56,6 +57,8 @@ EXPECTED_KEYS = {
              | {"dramatiq_consume_per_s", "ours_consume_vs_dramatiq"},
     "hol": {"failing_key_s", "same_partition_max_s", "other_partitions_max_s", "delay_s",
             "partition_order_same_partition_max_s", "partition_order_delay_s"},
+    "cluster": {"enqueue_per_s", "consume_per_s", "baseline_enqueue_per_s", "baseline_consume_per_s",
+                "enqueue_ratio", "consume_ratio", "idle_cmds_per_s", "baseline_idle_cmds_per_s"},
 }  # fmt: skip
 
 #: Memory figures (MB of peak resident memory; bytes of Redis memory per queued message).
@@ -70,6 +73,7 @@ MEMORY_KEYS = {
     "hol": set(),
     "scaling": set(),
     "peers": set(),
+    "cluster": set(),
 }
 
 
@@ -132,6 +136,8 @@ def test_benchmark_scenario_prints_sane_figures_and_cleans_up(
         # other keys waited for it, under key order they did not.
         assert report["failing_key_s"] > 1.5 and report["partition_order_same_partition_max_s"] > 1.5
         assert report["same_partition_max_s"] < 1.5
+    if scenario == "cluster":  # idle: a cluster polls, one node blocks (a few commands a second)
+        assert report["idle_cmds_per_s"] > report["baseline_idle_cmds_per_s"]
     if scenario == "receipts":
         assert report["statements_per_update"] == report["statements_per_update_5_members"] == 1
     # it removed what it made

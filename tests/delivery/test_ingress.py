@@ -438,3 +438,29 @@ def test_well_formed_bodies_take_the_fast_input_check():
             "priority": "high",
         },
     ]
+
+
+def test_too_few_replicas_is_503_and_the_retry_with_the_same_key_is_the_same_message(
+    api, conversation, monkeypatch, redis_server
+):
+    """``REDIS_MIN_REPLICAS_ACK``: an enqueue no replica confirmed is not acknowledged; the
+    client's retry with its key, once replication is back, answers the one message."""
+    master = redis_server("--repl-diskless-sync-delay", "0")
+    unconfirmed = RedisStreamsBroker(
+        client=master.client(), namespace="t", min_replicas_ack=1, replicas_ack_timeout_ms=1000
+    )
+    monkeypatch.setattr(ingest, "get_broker", lambda: unconfirmed)
+    body = {"conversation_id": str(conversation.pk), "content": "hi"}
+    response = post(api, body, HTTP_IDEMPOTENCY_KEY="k-1")
+    assert response.status_code == 503, response.content
+    assert response.json()["code"] == "service_unavailable"
+    assert "Idempotency-Key" in response.json()["detail"]
+
+    replica = redis_server("--replicaof", "127.0.0.1", str(master.port))
+    wait_for(lambda: replica.client().info("replication").get("master_link_status") == "up", timeout=20)
+    retried = post(api, body, HTTP_IDEMPOTENCY_KEY="k-1")
+    assert retried.status_code == 200, retried.content  # a repeat: the first message, not a second
+    again = post(api, body, HTTP_IDEMPOTENCY_KEY="k-1")
+    assert again.json()["message_id"] == retried.json()["message_id"]
+    assert sum(s.length for s in unconfirmed.partition_stats("messages")) == 1
+    unconfirmed.close()

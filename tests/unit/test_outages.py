@@ -1,10 +1,10 @@
-"""``delivery.outages.Outage``: after a call got no answer, calls fail fast, one probes."""
+"""``messaging_project.outages.Outage``: after a call got no answer, calls fail fast, one probes."""
 
 from __future__ import annotations
 
 import threading
 
-from delivery.outages import Outage
+from messaging_project.outages import Outage
 
 
 class Clock:

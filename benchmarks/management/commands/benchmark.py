@@ -11,6 +11,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from benchmarks.broker import run_broker
+from benchmarks.cluster import run_cluster
 from benchmarks.e2e import run_e2e
 from benchmarks.hol import run_hol
 from benchmarks.ingress import run_ingress
@@ -24,13 +25,13 @@ from benchmarks.scaling import DEFAULT_PROCESS_COUNTS, run_scaling
 from benchmarks.takeover import run_takeover
 
 SCENARIOS = (
-    "broker", "persist", "ingress", "ingress-batch", "e2e", "takeover", "receipts",
+    "broker", "persist", "ingress", "ingress-batch", "e2e", "takeover", "receipts", "cluster",
     "keys", "hol", "scaling", "peers",
 )  # fmt: skip
 
 #: Default message counts per scenario.
 DEFAULT_MESSAGES = {
-    "broker": 20_000, "persist": 50_000, "e2e": 5_000,
+    "broker": 20_000, "persist": 50_000, "e2e": 5_000, "cluster": 20_000,
     "keys": 4_000, "hol": 50, "scaling": 60_000, "peers": 5_000,
 }  # fmt: skip
 
@@ -142,6 +143,8 @@ class Command(BaseCommand):
             return run_ingress_batch(options["seconds"], rounds, self.progress)
         if scenario == "e2e":
             return run_e2e(messages, options["rate"], self.progress, batch=options["batch"])
+        if scenario == "cluster":
+            return run_cluster(messages, rounds, threads, self.progress)
         if scenario == "receipts":
             return run_receipts(options["seconds"], rounds, self.progress, options["participants"])
         if scenario == "keys":

@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,9 @@ DEFAULT_SHUTDOWN_TIMEOUT_MS = 600_000
 
 #: How often dead letters are mirrored into the database, in seconds.
 MIRROR_INTERVAL_S = 2.0
+
+#: How often the mirror thread also deletes dead-letter rows past DEAD_LETTER_RETENTION_DAYS.
+PURGE_INTERVAL_S = 3600.0
 
 #: Pause before restarting a child that died, the first time, in seconds.
 FIRST_RESTART_BACKOFF_S = 0.5
@@ -264,11 +268,19 @@ class Supervisor:
     def mirror_dead_letters(self) -> None:
         from delivery import services
 
+        next_purge = time.monotonic()
         while not self.stop.wait(MIRROR_INTERVAL_S):
             try:
                 created = services.dead_letters_mirror()
                 if created:
                     logger.warning("Mirrored %d new dead letter(s) into the database.", created)
+                if settings.DEAD_LETTER_RETENTION_DAYS and time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + PURGE_INTERVAL_S
+                    purged = services.dead_letters_purge(
+                        older_than=timedelta(days=settings.DEAD_LETTER_RETENTION_DAYS)
+                    )
+                    if purged:
+                        logger.info("Deleted %d requeued or discarded dead letter(s) past retention.", purged)
             except Exception as error:
                 logger.warning("Dead-letter mirror failed (will retry): %s", error)
                 connection.close()
@@ -282,13 +294,19 @@ class Supervisor:
             start_http_server,
         )
 
-        from delivery.broker import get_broker
+        from delivery.broker import MESSAGES_QUEUE, get_broker
+        from delivery.metrics import dead_letter_mirror_collector
 
         self.metrics_dir = Path(tempfile.mkdtemp(prefix="delivery-metrics-"))
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(self.metrics_dir))
         ProcessCollector(registry=registry)
         registry.register(get_broker().lag_collector())
+        registry.register(
+            dead_letter_mirror_collector(
+                get_broker(), lambda: get_broker().get_declared_queues() | {MESSAGES_QUEUE}
+            )
+        )
         self.restart_counter = Counter(
             "stream_worker_restarts_total", "Worker processes restarted after dying.", registry=registry
         )

@@ -4,10 +4,18 @@ Uses the Redis at ``REDIS_URL`` or, when none answers at a local address, starts
 private ``redis-server`` (AOF on, in ``var/redis``); migrates the database (SQLite in
 ``var/`` by default); creates a ``demo`` user with an API token on an empty database;
 then runs the API (gunicorn) and the workers (``runworkers``) until Ctrl-C.
+
+This process owns the shutdown of everything it started: SIGINT, SIGTERM or SIGHUP to it
+stops the API and the workers (SIGTERM: they finish what they hold), then the private
+Redis. So does the end of the process that started it: ``make run`` is usually that
+parent, and GNU make, sent SIGINT alone (not the terminal's Ctrl-C to the whole process
+group), forwards nothing and waits for its children; it only resets its handler, which
+:class:`ParentWatch` notices.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -56,12 +64,16 @@ class Command(BaseCommand):
             ),
         ]
         stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, lambda *_: stop.set())
+        parent = ParentWatch()
         self.stdout.write(f"Serving on http://{options['host']}:{options['port']}/ (Ctrl-C stops).")
         while not stop.wait(0.5):
             if any(child.poll() is not None for child in children):
                 self.stderr.write("A component exited; stopping the service.")
+                break
+            if parent.stopping():
+                self.stderr.write("The parent process is stopping (make got a signal); stopping the service.")
                 break
         for child in children:
             if child.poll() is None:
@@ -79,6 +91,8 @@ class Command(BaseCommand):
         parts = urlsplit(url)
         local = parts.hostname in {"127.0.0.1", "localhost", "::1"}
         binary = shutil.which("redis-server")
+        if settings.REDIS_CLUSTER:  # a private single node is no stand-in for a cluster
+            raise CommandError(f"No Redis Cluster node answers at {url} (REDIS_CLUSTER is on).")
         if not local or binary is None:
             raise CommandError(
                 f"No Redis answers at {url}. Start one (Debian: `apt-get install redis-server`, "
@@ -116,14 +130,16 @@ class Command(BaseCommand):
         return process
 
     def ensure_demo_user(self, options: dict[str, Any]) -> None:
-        if User.objects.exists():
-            return
-        user = User.objects.create_superuser("demo", password="demo")  # nosec B106
+        """Create the ``demo`` user on an empty database; print its token on every start
+        (a second ``make run`` needs it as much as the first)."""
+        user = User.objects.filter(username="demo").first()
+        if user is None:
+            if User.objects.exists():
+                return  # someone's own users: no demo account added to them
+            user = User.objects.create_superuser("demo", password="demo")  # nosec B106
+            self.stdout.write("Created user 'demo' (password 'demo', admin at /admin/).")
         token, _ = Token.objects.get_or_create(user=user)
-        self.stdout.write(
-            "Created user 'demo' (password 'demo', admin at /admin/) with API token:\n"
-            f"  Authorization: Token {token.key}"
-        )
+        self.stdout.write(f"User 'demo' (admin at /admin/), API token:\n  Authorization: Token {token.key}")
 
 
 def _redis_answers(url: str) -> bool:
@@ -131,3 +147,37 @@ def _redis_answers(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
     except redis.RedisError:
         return False
+
+
+class ParentWatch:
+    """Tells when the process that started this one is going away: it exited (this
+    process was handed to init), or, on Linux, it stopped catching a termination signal
+    it caught at the start (GNU make's fatal-signal handler resets itself on the first
+    SIGINT, SIGTERM or SIGHUP, then waits for its children before dying of it)."""
+
+    #: The signals whose handler a dying parent resets.
+    WATCHED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.parent_pid = os.getppid()
+        self.caught_at_start = self._caught() & self._mask()
+
+    def stopping(self) -> bool:
+        """Whether the parent exited or has started to die of a signal."""
+        if os.getppid() != self.parent_pid:
+            return True
+        return bool(self.caught_at_start) and (self._caught() & self.caught_at_start) != self.caught_at_start
+
+    def _mask(self) -> int:
+        return sum(1 << (int(sig) - 1) for sig in self.WATCHED)
+
+    def _caught(self) -> int:
+        """The parent's caught-signal mask (``SigCgt`` in /proc), 0 where unknown."""
+        try:
+            with open(f"/proc/{self.parent_pid}/status", encoding="ascii") as status:
+                for line in status:
+                    if line.startswith("SigCgt:"):
+                        return int(line.split()[1], 16)
+        except OSError:
+            pass
+        return 0
