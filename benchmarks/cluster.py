@@ -11,7 +11,6 @@ import functools
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from django.conf import settings
 from dramatiq import Worker
 from redis.cluster import RedisCluster
 
+from benchmarks.jobs import consume_round, key_names
 from benchmarks.report import BenchmarkError, Progress, Report, median
 from brokers import RedisStreamsBroker
 
@@ -118,54 +118,42 @@ def _commands(ports: list[int]) -> int:
 
 
 def _round(
-    client: redis.Redis | RedisCluster, ports: list[int], messages: int, threads: int
+    connect: Callable[[], redis.Redis | RedisCluster], ports: list[int], messages: int, threads: int
 ) -> dict[str, float]:
-    broker = RedisStreamsBroker(
-        client=client, namespace=f"bench-{uuid.uuid4().hex[:8]}", partitions=settings.STREAM_PARTITIONS
+    """One round on the nodes ``connect`` reaches: rates, then the idle cost."""
+    namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    broker = RedisStreamsBroker(client=connect(), namespace=namespace, partitions=settings.STREAM_PARTITIONS)
+    rates, _ = consume_round(
+        broker,
+        messages=messages,
+        keys=key_names(KEYS),
+        threads=threads,
+        ordered=True,
+        counter="",
+        redis_call=False,
     )
-    done = [0]
-    lock = threading.Lock()
-    finished = threading.Event()
+    return {**rates, "idle_cmds_per_s": _idle_commands(connect(), namespace, ports, threads)}
 
-    @dramatiq.actor(broker=broker, queue_name="bench", actor_name="bench_noop")
-    def noop(key: str, i: int) -> None:
-        with lock:
-            done[0] += 1
-            if done[0] == messages:
-                finished.set()
 
-    def produce(offset: int) -> None:
-        for i in range(offset, messages, threads):
-            key = f"key-{i % KEYS}"
-            noop.send_with_options(args=(key, i), partition_key=key)
+def _idle_commands(
+    client: redis.Redis | RedisCluster, namespace: str, ports: list[int], threads: int
+) -> float:
+    """Redis commands per second, summed over ``ports``, while a Worker waits for work."""
+    broker = RedisStreamsBroker(client=client, namespace=namespace, partitions=settings.STREAM_PARTITIONS)
 
-    producers = [threading.Thread(target=produce, args=(t,)) for t in range(threads)]
-    started = time.perf_counter()
-    for p in producers:
-        p.start()
-    for p in producers:
-        p.join()
-    enqueue_s = time.perf_counter() - started
+    @dramatiq.actor(broker=broker, queue_name="bench", actor_name="bench_job")
+    def job(key: str, i: int) -> None: ...
+
     worker = Worker(broker, worker_threads=threads)
-    started = time.perf_counter()
     worker.start()
     try:
-        if not finished.wait(timeout=600):
-            raise BenchmarkError("the consumers did not finish within 10 minutes")
-        consume_s = time.perf_counter() - started
-        # Nothing left to do: what does waiting cost Redis?
-        time.sleep(1.0)  # let the consumers settle into their idle rhythm before counting
-        before, t0 = _commands(ports), time.perf_counter()
+        time.sleep(1.0)  # past the start (leases, first reads) into the idle rhythm
+        before, started = _commands(ports), time.perf_counter()
         time.sleep(IDLE_S)
-        idle = (_commands(ports) - before) / (time.perf_counter() - t0)
+        return (_commands(ports) - before) / (time.perf_counter() - started)
     finally:
         worker.stop()
         broker.close()
-    return {
-        "enqueue_per_s": messages / enqueue_s,
-        "consume_per_s": messages / consume_s,
-        "idle_cmds_per_s": idle,
-    }
 
 
 def run_cluster(messages: int, rounds: int, threads: int, progress: Progress) -> Report:
@@ -179,9 +167,9 @@ def run_cluster(messages: int, rounds: int, threads: int, progress: Progress) ->
         "partitions": settings.STREAM_PARTITIONS,
         "idle_seconds": IDLE_S,
         "what": "T producer threads enqueue N messages, then a Dramatiq Worker with T threads consumes "
-        "them (no-op actor), then nothing to do for a few seconds: Redis commands/s summed over the "
-        "nodes. Ours on 3 cluster masters (private redis-servers, no replicas) against ours on one "
-        "private redis-server; rounds alternate",
+        "them (no-op actor; consume rate from the first finished job), then a Worker with nothing to "
+        "do for a few seconds: Redis commands/s summed over the nodes. Ours on 3 cluster masters "
+        "(private redis-servers, no replicas) against ours on one private redis-server; rounds alternate",
     }
     on_cluster: list[dict[str, float]] = []
     on_node: list[dict[str, float]] = []
@@ -189,14 +177,14 @@ def run_cluster(messages: int, rounds: int, threads: int, progress: Progress) ->
         for r in range(rounds):
             for name, results in (("cluster", on_cluster), ("single", on_node)):
                 progress(f"cluster round {r + 1}/{rounds}: {name}")
-                client: redis.Redis | RedisCluster
+                connect: Callable[[], redis.Redis | RedisCluster]
                 if name == "cluster":
-                    client = RedisCluster(host="127.0.0.1", port=cluster_ports[0])
+                    connect = functools.partial(RedisCluster, host="127.0.0.1", port=cluster_ports[0])
                     ports = cluster_ports
                 else:
-                    client = redis.Redis(port=node_ports[0])
+                    connect = functools.partial(redis.Redis, port=node_ports[0])
                     ports = node_ports
-                results.append(_round(client, ports, messages, threads))
+                results.append(_round(connect, ports, messages, threads))
                 report.rounds.append({"system": name, **results[-1]})
 
     def fig(results: list[dict[str, float]], key: str) -> float:
