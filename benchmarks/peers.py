@@ -163,6 +163,17 @@ class Peer:
     postgres: bool = False
 
 
+def _procrastinate_worker(s: Setup) -> list[str]:
+    return [
+        _bin("procrastinate"),
+        "--app",
+        "benchmarks.peer_apps.procrastinate_app.app",
+        "worker",
+        "--concurrency",
+        str(s.threads),
+    ]
+
+
 PEERS = (
     Peer(
         "ours",
@@ -232,35 +243,16 @@ PEERS = (
             "WARNING",
         ],
     ),
-    Peer(
-        "procrastinate",
-        "procrastinate",
-        "procrastinate_app",
-        _enqueue_procrastinate(lock=False),
-        lambda s: [
-            _bin("procrastinate"),
-            "--app",
-            "benchmarks.peer_apps.procrastinate_app.app",
-            "worker",
-            "--concurrency",
-            str(s.threads),
-        ],
-        postgres=True,
-    ),
-    Peer(
-        "procrastinate_lock",
-        "procrastinate",
-        "procrastinate_app",
-        _enqueue_procrastinate(lock=True),
-        lambda s: [
-            _bin("procrastinate"),
-            "--app",
-            "benchmarks.peer_apps.procrastinate_app.app",
-            "worker",
-            "--concurrency",
-            str(s.threads),
-        ],
-        postgres=True,
+    *(
+        Peer(
+            name,
+            "procrastinate",
+            "procrastinate_app",
+            _enqueue_procrastinate(lock=lock),
+            _procrastinate_worker,
+            postgres=True,
+        )
+        for name, lock in (("procrastinate", False), ("procrastinate_lock", True))
     ),
 )
 
