@@ -380,6 +380,10 @@ class RedisStreamsBroker(Broker):
         and the lease holder (:meth:`brokers.inspect.Inspector.partition_stats`)."""
         return self.inspector.partition_stats(queue_name, cheap=cheap)
 
+    def overview(self, queue_names: list[str]) -> tuple[dict[str, list[PartitionStats]], list[str]]:
+        """:meth:`partition_stats` of ``queue_names`` and :meth:`members`, in one round trip."""
+        return self.inspector.overview(queue_names)
+
     def members(self) -> list[str]:
         """The live consumer processes (consumer names, as partition owners show them)."""
         return self.inspector.members()

@@ -1,7 +1,7 @@
 """The queue status page: per queue and partition the length, undelivered lag, pending,
 oldest age, delayed and retrying entries, dead letters and the lease owner; and the live
-worker processes with the partitions they own. Read-only; one pipelined read of the
-partitions per queue and one of the live members per render."""
+worker processes with the partitions they own. Read-only; one pipelined read of Redis
+per render."""
 
 from __future__ import annotations
 
@@ -55,11 +55,8 @@ def queue_views() -> tuple[list[QueueView], list[WorkerView]]:
       BrokerConnectionError: Redis is unreachable.
     """
     broker = get_broker()
-    queues = [
-        QueueView(name, broker.partition_stats(name))
-        for name in sorted(broker.get_declared_queues() | {MESSAGES_QUEUE})
-    ]
-    members = broker.members()
+    by_queue, members = broker.overview(sorted(broker.get_declared_queues() | {MESSAGES_QUEUE}))
+    queues = [QueueView(name, partitions) for name, partitions in by_queue.items()]
     owned: dict[str, list[str]] = {name: [] for name in members}
     for queue in queues:
         for stats in queue.partitions:

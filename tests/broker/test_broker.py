@@ -713,3 +713,51 @@ def test_partition_stats_show_the_owner_the_entries_waiting_for_a_retry_and_live
     assert {s.owner for s in stats} == {broker.consumer_name}
     assert sum(s.retrying for s in stats) == 1 and stats[partition].pending == 1
     assert broker.members() == [broker.consumer_name]
+
+
+class CountingConnection(redis.Connection):
+    """A real connection that counts what it sends: one send is one round trip (a
+    pipeline sends all its commands at once)."""
+
+    sends = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).sends += 1
+        super().send_packed_command(command, check_health=check_health)
+
+
+def test_an_overview_of_queues_and_members_is_one_round_trip_and_agrees_with_the_parts(
+    make_broker: Callable[..., RedisStreamsBroker], redis_url: str
+) -> None:
+    broker = make_broker(partitions=4)
+
+    @dramatiq.actor(broker=broker, queue_name="a")
+    def a(i: int) -> None: ...
+
+    @dramatiq.actor(broker=broker, queue_name="b")
+    def b(i: int) -> None: ...
+
+    for i in range(5):
+        a.send_with_options(args=(i,), partition_key=f"k{i}")
+    b.send_with_options(args=(0,), partition_key="k")
+    worker = Worker(broker, worker_threads=1)
+    worker.start()
+    try:
+        wait_for(lambda: broker.members() != [], timeout=10, what="the worker's membership")
+        broker.join("a", timeout=10_000)
+        broker.join("b", timeout=10_000)
+        counted = RedisStreamsBroker(
+            client=redis.Redis.from_url(redis_url, connection_class=CountingConnection),
+            namespace=broker.namespace,
+            partitions=4,
+        )
+        counted.ping()  # connected (the handshake is several sends of its own)
+        CountingConnection.sends = 0
+        by_queue, members = counted.overview(["a", "b"])
+        assert CountingConnection.sends == 1
+        assert members == broker.members()
+        assert by_queue == {"a": broker.partition_stats("a"), "b": broker.partition_stats("b")}
+        assert sum(s.length for s in by_queue["a"]) == 0 and {s.owner for s in by_queue["a"]} == set(members)
+        counted.close()
+    finally:
+        worker.stop()
