@@ -393,7 +393,9 @@ def _claim_reply(reply: Sequence[Any]) -> ClaimReply:
         entry.deliveries = int(deliveries)
         entry.retry_in_ms = int(retry_in_ms)
         # Delivered before, and its last holder did not hand it back unstarted (on a clean
-        # release): that holder may have died running it.
-        entry.suspect = int(released_at) != entry.deliveries - 1
+        # release): that holder may have died running it. Or a run of it started and never
+        # finished before (``starts``): a hand-back unstarted does not clear that, or the
+        # next run would go unrecorded and uncounted (one run past ``max_deliveries``).
+        entry.suspect = int(released_at) != entry.deliveries - 1 or entry.starts > 0
         entries.append(entry)
     return ClaimReply(lost=False, done=status == "done", cursor=text(reply[1]), entries=entries)

@@ -119,6 +119,23 @@ def test_entries_handed_back_on_a_clean_release_are_not_suspected(broker, redis_
     assert [e.deliveries for e in claimed[partition].entries] == [2, 2]
 
 
+def test_an_entry_whose_earlier_run_never_finished_stays_suspect_when_handed_back_unstarted(
+    broker, redis_client
+):
+    """A run of it started and never finished (its process died); its next holder handed it
+    back before starting it. Its next run must still be recorded and counted, or a message
+    that kills its worker runs once more than ``max_deliveries`` for every such hand-back."""
+    partition, [entry, other] = delivered(broker, redis_client, count=2)
+    entry.starts = 1
+    assert broker.store.mark_started("q", partition, [entry])
+    broker.store.release("q", {partition: [entry, other]})
+    redis_client.set(broker.keys("q", partition).lease, broker.consumer_name)
+
+    claimed, _ = broker.store.fetch("q", {partition: ("-", 10)}, {})
+
+    assert [(e.suspect, e.starts) for e in claimed[partition].entries] == [(True, 1), (False, 0)]
+
+
 @pytest.fixture
 def silent_redis() -> Iterator[int]:
     """A port that accepts connections and never answers (a black-holed Redis)."""
