@@ -47,13 +47,36 @@ def _bindable(port: int) -> bool:
         return True
 
 
+#: Ports handed out by this process: two callers never get the same one, even before
+#: either binds it.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A free loopback port whose Redis Cluster bus port (+10000) is free too."""
+    """A free loopback port whose Redis Cluster bus port (+10000) is free too.
+
+    Both lie below the kernel's ephemeral range (32768 and up on Linux): a port found free
+    here cannot be taken meanwhile by the local end of some outgoing connection (the load
+    generator, a proxy, the workers' Redis connections) before its server binds it."""
+    low, high = 10000, max(_EPHEMERAL_LOW - 10000 - 1, 12000)
     for _ in range(1000):
-        port = random.randint(20000, 45000)
+        port = random.randint(low, high)
+        if port in _HANDED_OUT:
+            continue
         if _bindable(port) and _bindable(port + 10000):
+            _HANDED_OUT.add(port)
             return port
     raise RuntimeError("no free port pair found")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
 
 
 @pytest.fixture(scope="session")
