@@ -23,7 +23,8 @@ from delivery.api.views import (
     StrictCharField,
     _correlation_id,
     _user,
-    api_time,
+    accepted_body,
+    accepted_status,
     fast_message_input,
 )
 from delivery.errors import ApplicationError, PayloadTooLarge, ServiceUnavailable
@@ -120,16 +121,7 @@ class MessageBatchCreateApi(APIView):
 
 
 def _accepted(result: IngestResult) -> dict[str, Any]:
-    return {
-        "status": status.HTTP_200_OK if result.idempotent_hit else status.HTTP_202_ACCEPTED,
-        "message_id": result.message_id,
-        "conversation_id": result.conversation_id,
-        "seq": result.seq,
-        "state": result.state,
-        "idempotent_hit": result.idempotent_hit,
-        "correlation_id": result.correlation_id,
-        "created_at": api_time(result.created_at),
-    }
+    return {"status": accepted_status(result), **accepted_body(result)}
 
 
 def _error(error: ApplicationError) -> dict[str, Any]:

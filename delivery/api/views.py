@@ -34,6 +34,26 @@ def api_time(value: datetime) -> str:
     return str(_DATETIME.to_representation(value))
 
 
+def accepted_status(result: services.IngestResult) -> int:
+    """200 for a repeat of an earlier message, 202 for a message enqueued now."""
+    return status.HTTP_200_OK if result.idempotent_hit else status.HTTP_202_ACCEPTED
+
+
+def accepted_body(result: services.IngestResult) -> dict[str, Any]:
+    """An accepted message as the single and the batch POST answer it: the OutputSerializer's
+    fields, written directly (building a serializer, a deep copy of its fields, cost a tenth
+    of the ingress hot path; the schema still comes from it)."""
+    return {
+        "message_id": result.message_id,
+        "conversation_id": result.conversation_id,
+        "seq": result.seq,
+        "state": result.state,
+        "idempotent_hit": result.idempotent_hit,
+        "correlation_id": result.correlation_id,
+        "created_at": api_time(result.created_at),
+    }
+
+
 class StrictCharField(serializers.CharField):
     """A CharField that refuses numbers, booleans and the like instead of converting them."""
 
@@ -198,19 +218,7 @@ class MessageCreateApi(APIView):
             priority=data["priority"],
             correlation_id=_correlation_id(request),
         )
-        answer = status.HTTP_200_OK if result.idempotent_hit else status.HTTP_202_ACCEPTED
-        # The OutputSerializer's fields, written directly: building a serializer (a deep
-        # copy of its fields) cost a tenth of this hot path. The schema still comes from it.
-        body = {
-            "message_id": result.message_id,
-            "conversation_id": result.conversation_id,
-            "seq": result.seq,
-            "state": result.state,
-            "idempotent_hit": result.idempotent_hit,
-            "correlation_id": result.correlation_id,
-            "created_at": api_time(result.created_at),
-        }
-        return Response(body, status=answer)
+        return Response(accepted_body(result), status=accepted_status(result))
 
 
 class MessageDetailApi(APIView):
