@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 from django.db import connection
 
+from delivery.broker import get_broker
 from messaging_project import launch
 from tests.acceptance import harness
 from tests.conftest import free_port, project_subprocess, wait_for
@@ -130,6 +131,9 @@ def test_sigterm_while_redis_is_black_holed_stops_runworkers_within_its_shutdown
             timeout=60,
             what="both worker processes",
         )
+        # Consuming for real: both hold their membership (their lease threads run), so the
+        # black hole meets a running lease heartbeat, not a consumer still starting up.
+        wait_for(lambda: len(get_broker().members()) == 2, timeout=30, what="both workers' memberships")
         proxy.black_hole()
         wait_for(
             lambda: any("Lease heartbeat failed" in line for line in workers.log_lines()),
