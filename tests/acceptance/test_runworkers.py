@@ -117,6 +117,7 @@ def test_sigterm_while_redis_is_black_holed_stops_runworkers_within_its_shutdown
     transactional_db, redis_client, redis_url, tmp_path
 ):
     proxy = TcpProxy(urlsplit(redis_url).port or 6379)
+    workers: harness.Service | None = None
     try:
         env = harness.project_env(
             database_url=_database_url(),
@@ -146,4 +147,6 @@ def test_sigterm_while_redis_is_black_holed_stops_runworkers_within_its_shutdown
         # The timeout, plus the interpreter's own exit (about a second on this busy machine).
         assert time.monotonic() - stopping < timeout_s + 2.0
     finally:
+        if workers is not None:
+            workers.stop()  # a failed assertion leaves no process holding the test database
         proxy.close()
